@@ -80,3 +80,25 @@ def tiny_folder(tmp_path, arch):
     folder = tmp_path / f"tiny-{arch}"
     model.save_pretrained(folder)
     return folder
+
+
+WORDS = ("the capital of france is paris new york city rome berlin madrid a b c d e f g h true false "
+         "entailment non-entailment cat dog sat on mat big small red blue green one two three four five "
+         "six seven eight nine ten what where who when why how yes no maybe it was and or but").split()
+
+
+def tiny_tokenizer(masked: bool = False):
+    """A word-level tokenizer over WORDS: a multi-word answer is several tokens; BOS is a special token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[SEP]", "[MASK]"]
+    vocab = {w: i for i, w in enumerate(specials + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if masked:
+        tok.post_processor = processors.TemplateProcessing(single="[BOS] $A [SEP]", special_tokens=[("[BOS]", 2), ("[SEP]", 3)])
+    else:
+        tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")

@@ -108,10 +108,13 @@ def register_apply(p):
     p.set_defaults(run=run_apply)
 
 
+from .eval_cmd import EXAMPLE as EVAL_EXAMPLE, register_eval  # noqa: E402
+
 COMMANDS = {
     "info": (register_info, "Show layers, canonical matrix types, shapes and parameter counts.",
              "laser info demo\nlaser info gpt2 --json gpt2.json"),
     "apply": (register_apply, "Apply edits and save the model as an HF folder (dense or --factorized).",
               "laser apply demo -e mlp_in:27:0.01 -e mlp_out:20-27:k=8 -o smol-laser\n"
               "laser apply demo -e mlp:all:0.1 -o smol-small --factorized"),
+    "eval": (register_eval, "Evaluate a model on a task (edits applied for the evaluation only).", EVAL_EXAMPLE),
 }
