@@ -102,3 +102,25 @@ def tiny_tokenizer(masked: bool = False):
         tok.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 2)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]",
                                    sep_token="[SEP]", mask_token="[MASK]")
+
+
+@pytest.fixture
+def tiny_with_tokenizer(tmp_path):
+    """A tiny llama folder with a tokenizer: what `laser eval` and `laser search` need."""
+    folder = tmp_path / "tiny"
+    build_tiny("llama").save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def cloze_rows(n: int, seed: int = 0) -> list[dict]:
+    """n cloze rows over the tiny vocabulary, each with a split, deterministic."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        prompt = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(2, 7)))
+        answer = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(1, 2)))
+        rows.append({"prompt": prompt, "answer": answer})
+    return rows

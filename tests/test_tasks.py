@@ -11,7 +11,6 @@ from laserlm import UserError
 from laserlm.cli import main
 from laserlm.tasks import BUILTINS, Example, Task, load_task, read_task_file
 
-from conftest import build_tiny, tiny_tokenizer
 
 
 def write(path, text):
@@ -122,14 +121,6 @@ def test_unknown_task(tmp_path):
         load_task("nope")
     with pytest.raises(UserError, match="no such task file"):
         load_task(str(tmp_path / "missing.jsonl"))
-
-
-@pytest.fixture
-def tiny_with_tokenizer(tmp_path):
-    folder = tmp_path / "tiny"
-    build_tiny("llama").save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def test_laser_eval_writes_the_contract_json(tiny_with_tokenizer, tmp_path, capsys):

@@ -53,6 +53,7 @@ class Layout:
     n_layers: int
     source: str  # "table", "pattern" or "discovered"
     modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
+    blocks: str | None = None  # the ModuleList of blocks, when known (the search's prefix cache needs it)
 
     @property
     def types(self) -> list[str]:
@@ -121,7 +122,7 @@ def _from_table(model: nn.Module, model_type: str, modules: dict) -> Layout | No
     patterns = {t: p for t, p in patterns.items() if p.format(layer=0) in modules}
     if not patterns:
         return None
-    return Layout(model, model_type, patterns, len(blocks), "table", modules)
+    return Layout(model, model_type, patterns, len(blocks), "table", modules, blocks_path)
 
 
 def _discover(model: nn.Module, model_type: str, modules: dict) -> Layout:
@@ -148,7 +149,7 @@ def _discover(model: nn.Module, model_type: str, modules: dict) -> Layout:
         f"blocks at {best!r} with matrices {', '.join(patterns)}",
         file=sys.stderr,
     )
-    return Layout(model, model_type, patterns, len(modules[best]), "discovered", modules)
+    return Layout(model, model_type, patterns, len(modules[best]), "discovered", modules, best)
 
 
 def _from_patterns(model: nn.Module, model_type: str, specs: list[str], modules: dict) -> Layout:

@@ -109,6 +109,7 @@ def register_apply(p):
 
 
 from .eval_cmd import EXAMPLE as EVAL_EXAMPLE, register_eval  # noqa: E402
+from .search_cmd import SEARCH_EXAMPLE, register_report, register_search  # noqa: E402
 
 COMMANDS = {
     "info": (register_info, "Show layers, canonical matrix types, shapes and parameter counts.",
@@ -117,4 +118,8 @@ COMMANDS = {
               "laser apply demo -e mlp_in:27:0.01 -e mlp_out:20-27:k=8 -o smol-laser\n"
               "laser apply demo -e mlp:all:0.1 -o smol-small --factorized"),
     "eval": (register_eval, "Evaluate a model on a task (edits applied for the evaluation only).", EVAL_EXAMPLE),
+    "search": (register_search, "Sweep (type, layer, rho) on val, pick the best, report val and test.",
+               SEARCH_EXAMPLE),
+    "report": (register_report, "Regenerate report.md and plots of a search from its run folder.",
+               "laser report runs/wiki"),
 }

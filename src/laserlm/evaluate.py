@@ -97,6 +97,29 @@ def generate_records(scorer: Scorer, examples: list[Example], records: list[dict
         tok.padding_side = old_side
 
 
+class Prepared:
+    """Examples encoded and packed once, to be scored many times (once per edit candidate)."""
+
+    def __init__(self, scorer: Scorer, examples: list[Example], metrics: list[Metric] | None = None,
+                 gen_tokens: int = 10):
+        if scorer.tokenizer is None:
+            raise UserError("this model has no tokenizer: evaluation needs one next to the weights")
+        self.scorer, self.examples, self.gen_tokens = scorer, examples, gen_tokens
+        kind = examples[0].kind
+        self.metrics = metrics or choose_metrics(kind, None, any(ex.paraphrases for ex in examples))
+        self.needs = {m.needs for m in self.metrics}
+        self.requests, self.firsts = build_requests(scorer, examples, "paraphrases" in self.needs)
+        self.batches = scorer.batches(self.requests)
+
+    def score(self, context=None, progress=None) -> Evaluation:
+        """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay)."""
+        results = self.scorer.run(self.requests, progress, self.batches, context)
+        records = records_from(self.examples, self.requests, results, self.firsts)
+        if "generate" in self.needs:
+            generate_records(self.scorer, self.examples, records, self.gen_tokens)
+        return Evaluation({m.name: m.fn(records) for m in self.metrics}, records, len(self.examples))
+
+
 def evaluate(
     scorer: Scorer,
     examples: list[Example],
@@ -106,16 +129,7 @@ def evaluate(
     progress=None,
 ) -> Evaluation:
     """Score `examples` with the scorer's model as it is now (apply edits around this call)."""
-    if scorer.tokenizer is None:
-        raise UserError("this model has no tokenizer: evaluation needs one next to the weights")
-    kind = examples[0].kind
-    metrics = metrics or choose_metrics(kind, None, any(ex.paraphrases for ex in examples))
-    needs = {m.needs for m in metrics}
-    requests, firsts = build_requests(scorer, examples, "paraphrases" in needs)
-    records = records_from(examples, requests, scorer.run(requests, progress), firsts)
-    if "generate" in needs:
-        generate_records(scorer, examples, records, gen_tokens)
-    return Evaluation({m.name: m.fn(records) for m in metrics}, records, len(examples))
+    return Prepared(scorer, examples, metrics, gen_tokens).score(progress=progress)
 
 
 @torch.inference_mode()

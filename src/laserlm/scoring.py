@@ -8,6 +8,7 @@ positions go through the LM head and the softmax.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -108,9 +109,11 @@ class Scorer:
 
     # -- scoring --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, requests: list[Request], progress=None) -> list[Result]:
+    def run(self, requests: list[Request], progress=None, batches: list[list[int]] | None = None,
+            context=None) -> list[Result]:
+        """Score every request. `batches` fixes the packing; `context(b)` wraps batch b's forward."""
         results: list[Result | None] = [None] * len(requests)
-        for batch in self.batches(requests):
+        for b, batch in enumerate(batches if batches is not None else self.batches(requests)):
             reqs = [requests[i] for i in batch]
             ids, mask = self.collate(reqs)
             rows, cols = [], []
@@ -121,10 +124,10 @@ class Scorer:
                 if r.topk_pos is not None:
                     rows.append(row)
                     cols.append(r.topk_pos)
-            logp = torch.log_softmax(
-                self.logits_at(ids, mask, torch.tensor(rows, device=self.device), torch.tensor(cols, device=self.device)),
-                dim=-1,
-            ).cpu()
+            with context(b) if context is not None else nullcontext():
+                logits = self.logits_at(ids, mask, torch.tensor(rows, device=self.device),
+                                        torch.tensor(cols, device=self.device))
+            logp = torch.log_softmax(logits, dim=-1).cpu()
             k = 0
             for i, r in zip(batch, reqs):
                 res = Result()

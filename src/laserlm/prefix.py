@@ -1,0 +1,77 @@
+"""Prefix caching: the hidden states entering block l do not depend on an edit at l or above.
+
+`capture` runs the real model up to block l and returns what enters it; `replay` runs the real model
+with blocks below l patched to hand back those cached states, so only blocks l..L do work. No model
+code is rewritten: embeddings, masks, rotary tables and the final norm still come from the HF forward.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the states we want are in hand."""
+
+
+class PrefixCache:
+    def __init__(self, model: nn.Module, blocks_path: str):
+        self.model = model
+        self.blocks: nn.ModuleList = model.get_submodule(blocks_path)
+        self.tuple_out = self._probe_tuple_output()
+
+    def _probe_tuple_output(self) -> int:
+        """0 if blocks return a tensor, else the tuple's length (hidden states first, e.g. GPT-J)."""
+        seen = {}
+
+        def hook(_m, _a, out):
+            seen["n"] = len(out) if isinstance(out, tuple) else 0
+            raise _Stop
+
+        handle = self.blocks[0].register_forward_hook(hook)
+        try:
+            with torch.inference_mode():
+                self.model.base_model(input_ids=torch.tensor([[1, 2]], device=next(self.model.parameters()).device))
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return seen.get("n", 0)
+
+    @torch.inference_mode()
+    def capture(self, layer: int, run) -> torch.Tensor:
+        """The hidden states entering block `layer` during `run()` (a forward call); the rest is skipped."""
+        seen = {}
+
+        def pre(_m, args, kwargs):
+            seen["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _Stop
+
+        handle = self.blocks[layer].register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            run()
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return seen["h"]
+
+    @contextmanager
+    def replay(self, layer: int, hidden: torch.Tensor):
+        """Inside this block, blocks below `layer` return `hidden` at once instead of computing."""
+        out = hidden if not self.tuple_out else (hidden,) + (None,) * (self.tuple_out - 1)
+
+        def skip(*_a, **_k):
+            return out
+
+        patched = list(self.blocks)[:layer]
+        for block in patched:
+            block.forward = skip  # an instance attribute shadows the class's forward
+        try:
+            yield
+        finally:
+            for block in patched:
+                del block.forward

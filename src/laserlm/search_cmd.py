@@ -1,0 +1,168 @@
+"""`laser search` and `laser report`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from .cli import add_edit_args, add_model_args, load_from_args, svd_cache_from_args
+from .errors import UserError
+from .eval_cmd import add_task_args, scorer_for
+
+SEARCH_EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
+laser search demo -t bb_wikidata --layers 15-29 --compose -o runs/wiki-full
+laser search gpt2 -t rows.jsonl --types mlp,attn_o --rhos 0.5,k=8 --methods svd,prune -o runs/mine
+laser report runs/wiki"""
+
+
+def _task_identity(args) -> str:
+    from .tasks import BUILTINS
+
+    if args.task in BUILTINS and not args.data:
+        return args.task
+    path = Path(args.data or args.task).expanduser()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "?"
+    return f"{args.task}" + (f" --data {path.name}" if args.data else "") + f" ({digest})"
+
+
+def _parse_amounts(text: str, methods: list[str]) -> list:
+    """Amounts as the most permissive swept method reads them (rank methods also take k=K)."""
+    from .edits import _parse_amount
+    from .methods import get_method
+
+    kinds = {m: get_method(m).amount for m in methods}
+    reader = next((m for m in methods if kinds[m] == "rank"), next((m for m in methods if kinds[m] != "none"), None))
+    if reader is None:
+        return [None]
+    return [_parse_amount(part.strip(), reader, f"--rhos {text}") for part in text.split(",") if part.strip()]
+
+
+def _check_backend(args) -> None:
+    if args.backend == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise UserError("--backend ray needs Ray: pip install 'laserlm[ray]'") from None
+        raise UserError("--backend ray is not available in this version yet: use --backend local")
+
+
+def run_search(args) -> int:
+    from tqdm import tqdm
+
+    from .arch import get_layout
+    from .edits import Edit, _parse_layers
+    from .evaluate import Prepared
+    from .report import write_report
+    from .search import PAPER_RHOS, Sweeper, best_row, compose, grid, primary_metric
+    from .store import ResultStore, check_manifest, rows_hash
+    from .tasks import load_task
+
+    _check_backend(args)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    amounts = _parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
+    task = load_task(args.task, args.data)
+    val = task.select("val", args.split_seed, args.limit)
+    test = task.select("test", args.split_seed, args.test_limit or args.limit)
+    primary = primary_metric(task.kind)
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    layout = get_layout(loaded.model, args.module_pattern)
+    types = list(dict.fromkeys(t for spec in args.types.split(",") for t in layout.expand_types(spec.strip())))
+    layers = _parse_layers(args.layers, f"--layers {args.layers}")
+    layers = list(range(layout.n_layers)) if layers is None else list(layers)
+    for layer in layers:
+        layout.target(types[0], layer)  # a clear error for a layer out of range
+    candidates = grid(types, layers, amounts, methods)
+
+    run_dir = Path(args.output)
+    manifest = {"model": loaded.identity, "task": _task_identity(args), "split_seed": args.split_seed,
+                "val_rows": {"n": len(val), "hash": rows_hash(val)},
+                "test_rows": {"n": len(test), "hash": rows_hash(test)}, "metric": primary}
+    check_manifest(run_dir, manifest, {"types": types, "layers": layers, "amounts": amounts, "methods": methods})
+    scorer = scorer_for(loaded, args)
+
+    def sweeper(rows, split, store_name):
+        context = {"model": loaded.identity, "task": manifest["task"], "rows": rows_hash(rows)}
+        return Sweeper(loaded.model, layout, Prepared(scorer, rows), ResultStore(run_dir / store_name),
+                       context, split, cache)
+
+    t0 = time.perf_counter()
+    on_val = sweeper(val, "val", "results.jsonl")
+    base = on_val.evaluate([])
+    todo = sum(on_val.done([c]) is None for c in candidates)
+    print(f"{len(candidates)} candidates ({len(candidates) - todo} already done), {len(val)} val rows, "
+          f"{len(test)} test rows -> {run_dir}", file=sys.stderr)
+    with tqdm(total=todo, unit="cand", desc="search", dynamic_ncols=True, file=sys.stderr) as bar:
+        on_val.sweep(candidates, on_done=lambda row: bar.update(1))
+    sweep_secs = time.perf_counter() - t0
+    rows = [r for r in on_val.store.rows.values() if r["split"] == "val"]
+    best = best_row(rows, primary)
+    on_test = sweeper(test, "test", "test.jsonl")
+    result = {"metric": primary, "base": _summary([], base, on_test.evaluate([]), primary)}
+    best_edits = [Edit.from_json(e) for e in best["edits"]] if best else []
+    result["best"] = _summary(best_edits, best or base, on_test.evaluate(best_edits), primary)
+    if args.compose:
+        on_compose = sweeper(val, "val", "composed.jsonl")
+        on_compose.store.rows.update(on_val.store.rows)  # single edits are already known
+        stack, row = compose(on_compose, rows, base, primary, log=lambda m: print(m, file=sys.stderr))
+        result["composed"] = _summary(stack, row, on_test.evaluate(stack), primary)
+    (run_dir / "best.json").write_text(json.dumps(result, indent=2) + "\n")
+    report = write_report(run_dir)
+    _print_summary(result, primary, sweep_secs, todo)
+    print(f"report: {report}")
+    return 0
+
+
+def _summary(edits, val_row: dict, test_row: dict, primary: str) -> dict:
+    return {"edits": [e.to_json() for e in edits], "val": val_row["metrics"].get(primary),
+            "test": test_row["metrics"].get(primary), "val_metrics": val_row["metrics"],
+            "test_metrics": test_row["metrics"]}
+
+
+def _print_summary(result: dict, primary: str, secs: float, n: int) -> None:
+    from .edits import Edit
+
+    print(f"swept {n} candidates in {secs:.1f} s")
+    for name in ("base", "best", "composed"):
+        if name in result:
+            r = result[name]
+            edits = " ".join(str(Edit.from_json(e)) for e in r["edits"]) or "(no edit)"
+            print(f"{name:9s} val {primary} {r['val']:.4f}  test {primary} {r['test']:.4f}  {edits}")
+
+
+def register_search(p):
+    add_model_args(p)
+    add_task_args(p)
+    add_edit_args(p, required=False)
+    p.set_defaults(edit=None)
+    p.add_argument("--types", default="mlp_in,mlp_out",
+                   help="matrix types or groups to sweep (default mlp_in,mlp_out, as in the paper)")
+    p.add_argument("--layers", default="all", metavar="SPEC", help="layers: 20-27, 3,5,9 or all (default all)")
+    p.add_argument("--rhos", metavar="R1,R2",
+                   help="amounts: fractions rho or k=K ranks (default the paper's 0.9,0.8,0.6,0.2,0.1,0.05,0.01)")
+    p.add_argument("--methods", default="svd", help="edit methods to sweep, e.g. svd,prune (default svd)")
+    p.add_argument("--test-limit", type=int, metavar="N", help="rows of test to use (default: --limit)")
+    p.add_argument("--compose", action="store_true",
+                   help="greedily stack each layer's best edit, layers ordered by val gain, while val improves")
+    p.add_argument("--backend", choices=["local", "ray"], default="local", help="where candidates run")
+    p.add_argument("-o", "--output", required=True, metavar="RUN_DIR",
+                   help="run folder: results.jsonl (append-only, fsynced), best.json, report.md, plots")
+    p.set_defaults(run=run_search)
+
+
+def run_report(args) -> int:
+    from .report import write_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "results.jsonl").is_file():
+        raise UserError(f"{run_dir} has no results.jsonl: give the -o folder of a laser search")
+    print(f"report: {write_report(run_dir)}")
+    return 0
+
+
+def register_report(p):
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by laser search")
+    p.set_defaults(run=run_report)
