@@ -37,7 +37,8 @@ def test_prefix_cached_sweep_equals_plain_full_forwards(arch, tmp_path):
     prepared = Prepared(Scorer(model, tok, max_tokens=64), _examples())
     sweeper = Sweeper(model, layout, prepared, ResultStore(tmp_path / "r.jsonl"), {"m": arch}, "val", SVDCache(disk=None))
     sweeper.sweep(cands)
-    assert len(sweeper.store.rows) == len(cands)
+    assert len(sweeper.store.rows) == 1 + len(cands)  # the base row comes with the sweep
+    assert sweeper.done([])["metrics"] == prepared.score().metrics
     for c in cands:
         with edited(model, [c], svd_cache=SVDCache(disk=None)):
             plain = prepared.score().metrics

@@ -60,6 +60,20 @@ class PrefixCache:
         return seen["h"]
 
     @contextmanager
+    def record(self, layer: int):
+        """Collect, without stopping anything, the hidden states entering block `layer` on each call."""
+        states: list[torch.Tensor] = []
+
+        def pre(_m, args, kwargs):
+            states.append(args[0] if args else kwargs["hidden_states"])
+
+        handle = self.blocks[layer].register_forward_pre_hook(pre, with_kwargs=True)
+        try:
+            yield states
+        finally:
+            handle.remove()
+
+    @contextmanager
     def replay(self, layer: int, hidden: torch.Tensor):
         """Inside this block, blocks below `layer` return `hidden` at once instead of computing."""
         out = hidden if not self.tuple_out else (hidden,) + (None,) * (self.tuple_out - 1)

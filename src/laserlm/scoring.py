@@ -19,6 +19,7 @@ from .errors import UserError
 
 TOPK = 10
 PACK_RATIO = 0.85
+HEAD_ROWS = 1024  # rows gathered before a head pass: bounds the logits held to 1024 x vocab
 
 
 @dataclass
@@ -111,36 +112,67 @@ class Scorer:
     @torch.inference_mode()
     def run(self, requests: list[Request], progress=None, batches: list[list[int]] | None = None,
             context=None) -> list[Result]:
-        """Score every request. `batches` fixes the packing; `context(b)` wraps batch b's forward."""
+        """Score every request. `batches` fixes the packing; `context(b)` wraps batch b's forward.
+
+        The hidden states at scored positions of all batches are gathered first and go through the
+        head together: at a few dozen rows per batch the head is bound by streaming its vocab x d
+        weight, so one pass over all rows costs about what one batch's pass would.
+        """
+        pending: list[tuple[list[int], list[Request], dict]] = []
+        gathered: list[torch.Tensor] = []
         results: list[Result | None] = [None] * len(requests)
+
+        def flush():
+            flat = torch.cat(gathered)
+            logits = self.head(flat).float() if self.fast else flat
+            logp = torch.log_softmax(logits, dim=-1)
+            offset = 0
+            for batch, reqs, where in pending:
+                self._collect(batch, reqs, where, logp[offset:offset + len(where)], results)
+                offset += len(where)
+            pending.clear()
+            gathered.clear()
+
         for b, batch in enumerate(batches if batches is not None else self.batches(requests)):
             reqs = [requests[i] for i in batch]
             ids, mask = self.collate(reqs)
-            rows, cols = [], []
+            # Each distinct (row, position) is scored once: a cloze row's top-k position is also
+            # where its first answer token is scored.
+            where: dict[tuple[int, int], int] = {}
             for row, r in enumerate(reqs):
-                for pos, _ in r.targets:
-                    rows.append(row)
-                    cols.append(pos)
-                if r.topk_pos is not None:
-                    rows.append(row)
-                    cols.append(r.topk_pos)
+                for pos in [p for p, _ in r.targets] + ([r.topk_pos] if r.topk_pos is not None else []):
+                    where.setdefault((row, pos), len(where))
+            rows = torch.tensor([rp[0] for rp in where], device=self.device)
+            cols = torch.tensor([rp[1] for rp in where], device=self.device)
             with context(b) if context is not None else nullcontext():
-                logits = self.logits_at(ids, mask, torch.tensor(rows, device=self.device),
-                                        torch.tensor(cols, device=self.device))
-            logp = torch.log_softmax(logits, dim=-1).cpu()
-            k = 0
-            for i, r in zip(batch, reqs):
-                res = Result()
-                for _, tok in r.targets:
-                    res.logprobs.append(logp[k, tok].item())
-                    k += 1
-                if r.topk_pos is not None:
-                    res.top = logp[k].topk(min(TOPK, logp.shape[-1])).indices.tolist()
-                    k += 1
-                results[i] = res
+                if self.fast:
+                    gathered.append(self.hidden(ids, mask)[rows, cols])
+                else:
+                    gathered.append(self.model(input_ids=ids, attention_mask=mask).logits[rows, cols].float())
+            pending.append((batch, reqs, where))
+            if sum(len(g) for g in gathered) >= HEAD_ROWS:
+                flush()
             if progress is not None:
                 progress(len(batch))
+        if pending:
+            flush()
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _collect(batch, reqs, where, logp, results) -> None:
+        top_rows = [where[(row, r.topk_pos)] for row, r in enumerate(reqs) if r.topk_pos is not None]
+        tops = logp[top_rows].topk(min(TOPK, logp.shape[-1])).indices.tolist() if top_rows else []
+        tok_rows = [where[(row, p)] for row, r in enumerate(reqs) for p, _ in r.targets]
+        tok_ids = [t for r in reqs for _, t in r.targets]
+        picked = logp[tok_rows, tok_ids].tolist() if tok_rows else []
+        k = t = 0
+        for i, r in zip(batch, reqs):
+            res = Result(logprobs=picked[k:k + len(r.targets)])
+            k += len(r.targets)
+            if r.topk_pos is not None:
+                res.top = tops[t]
+                t += 1
+            results[i] = res
 
 
 # -- encoding ---------------------------------------------------------------------------------------
@@ -164,7 +196,8 @@ def causal_request(prompt_ids: list[int], cont_ids: list[int], topk: bool, key: 
         prompt_ids = prompt_ids[len(prompt_ids) + len(cont_ids) - max_len:]  # keep the prompt's end
     p = len(prompt_ids)
     targets = [(p - 1 + j, t) for j, t in enumerate(cont_ids)]
-    return Request(prompt_ids + cont_ids, targets, p - 1 if topk else None, key)
+    # The last continuation token is only ever a target: no position after it needs scoring.
+    return Request(prompt_ids + cont_ids[:-1], targets, p - 1 if topk else None, key)
 
 
 def masked_request(tokenizer, prompt_ids: list[int], cont_ids: list[int], topk: bool, key: tuple) -> Request:

@@ -78,25 +78,33 @@ class Sweeper:
         return self._record(edits, ev, time.perf_counter() - t0)
 
     def sweep(self, candidates: list[Edit], on_done: Callable[[dict], None] | None = None) -> None:
-        """Single-edit candidates, walking the layers upwards with the prefix cache."""
+        """The base model and single-edit candidates, walking the layers upwards with the prefix cache.
+
+        The base pass also records the states entering the lowest pending layer, so the walk up the
+        layers starts from there without another forward.
+        """
         pending = [c for c in candidates if self.done([c]) is None]
-        if not pending:
-            return
         for c in pending:  # every candidate is checked before any work
             plan(self.model, [c], self.layout)
         if self.layout.blocks is None or not self.prepared.scorer.fast:
-            for c in pending:  # no known block list: correct, just without the prefix cache
-                row = self.evaluate([c])
-                on_done and on_done(row)
+            for edits in [[]] + [[c] for c in pending]:  # no known block list: correct, just slower
+                row = self.evaluate(edits)
+                on_done and edits and on_done(row)
             return
         prefix = PrefixCache(self.model, self.layout.blocks)
         by_layer: dict[int, list[Edit]] = {}
         for c in pending:
             by_layer.setdefault(c.layer, []).append(c)
         hidden: list[torch.Tensor] | None = None
-        at = None
+        if self.done([]) is None:
+            with prefix.record(min(by_layer, default=0)) as states:
+                self.evaluate([])
+            hidden = states if by_layer else None
+        at = min(by_layer, default=0)
+        collated = [self.prepared.scorer.collate([self.prepared.requests[i] for i in batch])
+                    for batch in self.prepared.batches]
         for layer in sorted(by_layer):
-            hidden = self._advance(prefix, hidden, at, layer)
+            hidden = self._advance(prefix, collated, hidden, at, layer)
             at = layer
             for c in by_layer[layer]:
                 t0 = time.perf_counter()
@@ -105,10 +113,9 @@ class Sweeper:
                 row = self._record([c], ev, time.perf_counter() - t0)
                 on_done and on_done(row)
 
-    def _advance(self, prefix: PrefixCache, hidden, at: int | None, layer: int) -> list[torch.Tensor]:
+    def _advance(self, prefix: PrefixCache, collated, hidden, at: int, layer: int) -> list[torch.Tensor]:
         """Hidden states entering `layer` for every batch: from scratch, or one block at a time."""
         scorer = self.prepared.scorer
-        collated = [scorer.collate([self.prepared.requests[i] for i in batch]) for batch in self.prepared.batches]
         if hidden is None:
             return [prefix.capture(layer, lambda ids=ids, m=m: scorer.hidden(ids, m)) for ids, m in collated]
         for l in range(at, layer):

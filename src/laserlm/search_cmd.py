@@ -91,13 +91,13 @@ def run_search(args) -> int:
 
     t0 = time.perf_counter()
     on_val = sweeper(val, "val", "results.jsonl")
-    base = on_val.evaluate([])
     todo = sum(on_val.done([c]) is None for c in candidates)
     print(f"{len(candidates)} candidates ({len(candidates) - todo} already done), {len(val)} val rows, "
           f"{len(test)} test rows -> {run_dir}", file=sys.stderr)
     with tqdm(total=todo, unit="cand", desc="search", dynamic_ncols=True, file=sys.stderr) as bar:
         on_val.sweep(candidates, on_done=lambda row: bar.update(1))
     sweep_secs = time.perf_counter() - t0
+    base = on_val.done([])
     rows = [r for r in on_val.store.rows.values() if r["split"] == "val"]
     best = best_row(rows, primary)
     on_test = sweeper(test, "test", "test.jsonl")
