@@ -24,8 +24,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/laser info demo
-	rm -rf $(DEMO_DIR)/apply
-	$(VENV)/bin/laser apply demo -e mlp_in:27:0.01 -e mlp_out:20-27:0.1 -o $(DEMO_DIR)/apply
+	$(VENV)/bin/laser search demo -t bb_wikidata --layers 26-29 --rhos 0.1,0.01 --limit 100 --compose -o $(DEMO_DIR)
+	@echo "plots: $(DEMO_DIR)/plot_top1.png $(DEMO_DIR)/plot_logloss.png"
 
 test: $(STAMP)
 	$(PY) -m pytest
