@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from laserlm import get_layout, load_model
-from laserlm.edits import _parse_layers, edited
+from laserlm.edits import parse_layers, edited
 from laserlm.evaluate import Prepared
 from laserlm.scoring import Scorer
 from laserlm.search import Sweeper, grid
@@ -34,7 +34,7 @@ def main():
     loaded = load_model(args.model)
     model, layout = loaded.model, get_layout(loaded.model)
     rows = load_task(args.task).select("val", 0, args.limit)
-    cands = grid(args.types.split(","), _parse_layers(args.layers, args.layers),
+    cands = grid(args.types.split(","), parse_layers(args.layers, args.layers),
                  [float(r) for r in args.rhos.split(",")], ["svd"])
 
     with tempfile.TemporaryDirectory() as tmp:

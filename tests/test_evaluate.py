@@ -136,7 +136,7 @@ def test_fast_head_equals_full_forward(arch):
     rows, cols = torch.tensor([0, 0, 1, 1]), torch.tensor([2, 5, 0, 2])
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask).logits[rows, cols]
-        fast = scorer.logits_at(ids, mask, rows, cols)
+        fast = scorer.head(scorer.hidden(ids, mask)[rows, cols]).float()
     torch.testing.assert_close(fast, full.float(), atol=1e-5, rtol=1e-5)
 
 

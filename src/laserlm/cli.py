@@ -45,6 +45,10 @@ def add_edit_args(p: argparse.ArgumentParser, required: bool) -> None:
                         "TYPE: mlp_in, mlp_up, mlp_out, attn_q, attn_k, attn_v, attn_qkv, attn_o, or a group "
                         "mlp, attn, all. LAYER: 7, 20-27, 3,5,9 or all. AMOUNT: rho in (0,1] (rank kept = "
                         "max(1, floor(rho*min(m,n)))) or k=K")
+    add_svd_args(p)
+
+
+def add_svd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--svd", choices=["exact", "randomized"], default="exact", help=SVD_HELP)
     p.add_argument("--no-svd-cache", action="store_true", help="do not read or write the on-disk SVD cache")
 

@@ -62,7 +62,7 @@ _EDIT_RE = re.compile(r"^(?:(?P<method>\w+)/)?(?P<type>[\w.]+):(?P<layers>[\d,\-
 EDIT_HELP = "EDIT is [METHOD/]TYPE:LAYER:AMOUNT, e.g. mlp_in:27:0.01, mlp_out:20-27:k=8, zero/mlp_out:5"
 
 
-def _parse_layers(text: str, edit: str) -> tuple[int, ...] | None:
+def parse_layers(text: str, edit: str) -> tuple[int, ...] | None:
     if text == "all":
         return None
     layers: list[int] = []
@@ -76,7 +76,7 @@ def _parse_layers(text: str, edit: str) -> tuple[int, ...] | None:
     return tuple(layers)
 
 
-def _parse_amount(text: str | None, method: str, edit: str) -> Amount:
+def parse_amount(text: str | None, method: str, edit: str) -> Amount:
     kind = get_method(method).amount
     if kind == "none":
         return None
@@ -104,8 +104,8 @@ def parse_edit(text: str) -> EditSpec:
         raise UserError(f"malformed edit {text!r}: {EDIT_HELP}")
     method = m.group("method") or "svd"
     get_method(method)
-    return EditSpec(method, m.group("type"), _parse_layers(m.group("layers"), text),
-                    _parse_amount(m.group("amount"), method, text))
+    return EditSpec(method, m.group("type"), parse_layers(m.group("layers"), text),
+                    parse_amount(m.group("amount"), method, text))
 
 
 EditLike = Union[str, Edit, EditSpec, dict]

@@ -11,12 +11,13 @@ from .cli import add_edit_args, add_model_args, load_from_args, svd_cache_from_a
 from .errors import UserError
 
 
-def add_task_args(p) -> None:
+def add_task_args(p, required: bool) -> None:
     from .tasks import BUILTINS
 
-    names = "\n".join(f"  {n:16s} {b.kind:6s} {b.source}" for n, b in BUILTINS.items())
-    p.add_argument("-t", "--task", metavar="TASK",
-                   help="a built-in task or a .jsonl/.json/.csv file of cloze or choice rows. Built-in:\n" + names)
+    table = "\n".join(f"  {n:16s} {b.kind:6s} {b.source}" for n, b in BUILTINS.items())
+    p.description = f"{p.description}\n\nbuilt-in tasks (prompt forms in the README):\n{table}"
+    p.add_argument("-t", "--task", metavar="TASK", required=required,
+                   help="a built-in task (listed above) or a .jsonl/.json/.csv file of cloze or choice rows")
     p.add_argument("--data", metavar="PATH", help="a local copy of a built-in task's data, in its hub schema")
     p.add_argument("--split-seed", type=int, default=0, metavar="S",
                    help="seed of the deterministic 80/20 test/val split of rows without a 'split' (default 0)")
@@ -96,7 +97,7 @@ def register_eval(p):
     from .metrics import METRICS
 
     add_model_args(p)
-    add_task_args(p)
+    add_task_args(p, required=False)
     add_edit_args(p, required=False)
     p.add_argument("--split", default="all", choices=["val", "test", "all"], help="which rows (default all)")
     p.add_argument("--metrics", metavar="M1,M2",

@@ -101,13 +101,6 @@ class Scorer:
             logits = torch.tanh(logits / cap) * cap
         return logits
 
-    def logits_at(self, ids: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """Logits at (row, col) pairs only: (n, vocab), float32."""
-        if self.fast:
-            h = self.hidden(ids, mask)
-            return self.head(h[rows, cols]).float()
-        return self.model(input_ids=ids, attention_mask=mask).logits[rows, cols].float()
-
     # -- scoring --------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, requests: list[Request], progress=None, batches: list[list[int]] | None = None,

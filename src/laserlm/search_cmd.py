@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import add_edit_args, add_model_args, load_from_args, svd_cache_from_args
+from .cli import add_model_args, add_svd_args, load_from_args, svd_cache_from_args
 from .errors import UserError
 from .eval_cmd import add_task_args, scorer_for
 
@@ -28,16 +28,16 @@ def _task_identity(args) -> str:
     return f"{args.task}" + (f" --data {path.name}" if args.data else "") + f" ({digest})"
 
 
-def _parse_amounts(text: str, methods: list[str]) -> list:
+def parse_amounts(text: str, methods: list[str]) -> list:
     """Amounts as the most permissive swept method reads them (rank methods also take k=K)."""
-    from .edits import _parse_amount
+    from .edits import parse_amount
     from .methods import get_method
 
     kinds = {m: get_method(m).amount for m in methods}
     reader = next((m for m in methods if kinds[m] == "rank"), next((m for m in methods if kinds[m] != "none"), None))
     if reader is None:
         return [None]
-    return [_parse_amount(part.strip(), reader, f"--rhos {text}") for part in text.split(",") if part.strip()]
+    return [parse_amount(part.strip(), reader, f"--rhos {text}") for part in text.split(",") if part.strip()]
 
 
 def _check_backend(args) -> None:
@@ -53,7 +53,7 @@ def run_search(args) -> int:
     from tqdm import tqdm
 
     from .arch import get_layout
-    from .edits import Edit, _parse_layers
+    from .edits import Edit, parse_layers
     from .evaluate import Prepared
     from .report import write_report
     from .search import PAPER_RHOS, Sweeper, best_row, compose, grid, primary_metric
@@ -62,7 +62,7 @@ def run_search(args) -> int:
 
     _check_backend(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    amounts = _parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
+    amounts = parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
     task = load_task(args.task, args.data)
     val = task.select("val", args.split_seed, args.limit)
     test = task.select("test", args.split_seed, args.test_limit or args.limit)
@@ -71,7 +71,7 @@ def run_search(args) -> int:
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)
     types = list(dict.fromkeys(t for spec in args.types.split(",") for t in layout.expand_types(spec.strip())))
-    layers = _parse_layers(args.layers, f"--layers {args.layers}")
+    layers = parse_layers(args.layers, f"--layers {args.layers}")
     layers = list(range(layout.n_layers)) if layers is None else list(layers)
     for layer in layers:
         layout.target(types[0], layer)  # a clear error for a layer out of range
@@ -135,9 +135,8 @@ def _print_summary(result: dict, primary: str, secs: float, n: int) -> None:
 
 def register_search(p):
     add_model_args(p)
-    add_task_args(p)
-    add_edit_args(p, required=False)
-    p.set_defaults(edit=None)
+    add_task_args(p, required=True)
+    add_svd_args(p)
     p.add_argument("--types", default="mlp_in,mlp_out",
                    help="matrix types or groups to sweep (default mlp_in,mlp_out, as in the paper)")
     p.add_argument("--layers", default="all", metavar="SPEC", help="layers: 20-27, 3,5,9 or all (default all)")
