@@ -150,3 +150,17 @@ def test_run_folder_refuses_other_runs_and_extends_grids(tiny_with_tokenizer, ta
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
     assert "Top 10 candidates" in report and (out / "plot_top1.png").stat().st_size > 1000
+
+
+def test_layers_split_into_contiguous_chunks_of_equal_cost():
+    from laserlm.ray_backend import contiguous_chunks
+
+    layers = list(range(22, 30))
+    cost = {layer: 4 * (30 - layer) for layer in layers}  # 4 candidates, 30 - l blocks each
+    assert contiguous_chunks(layers, cost, 2) == [[22, 23, 24], [25, 26, 27, 28, 29]]  # 84 and 60 blocks
+    for n in (2, 3, 4):
+        chunks = contiguous_chunks(layers, cost, n)
+        assert [x for c in chunks for x in c] == layers and len(chunks) <= n
+        assert all(sum(cost[x] for x in c) <= sum(cost.values()) / n + max(cost.values()) for c in chunks)
+    assert contiguous_chunks([5], {5: 1.0}, 4) == [[5]]
+    assert len(contiguous_chunks(layers, cost, 20)) == len(layers)

@@ -34,6 +34,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="weights dtype (default float32); SVDs are computed in float32 or better anyway")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) for hub ids")
+    p.add_argument("--device-map", metavar="MAP",
+                   help="'auto' spreads a model larger than one device over GPUs and CPU (accelerate); "
+                        "each SVD runs on its matrix's own device")
     p.add_argument("--module-pattern", action="append", metavar="[TYPE=]PATTERN",
                    help="address matrices by module name, e.g. 'fc1=blocks.{layer}.mlp.fc1' "
                         "(repeatable; TYPE defaults to the last name component)")
@@ -56,7 +59,8 @@ def add_svd_args(p: argparse.ArgumentParser) -> None:
 def load_from_args(args):
     from .models import load_model
 
-    return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+    return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
+                      device_map=args.device_map)
 
 
 def svd_cache_from_args(args):

@@ -110,6 +110,7 @@ def register_apply(p):
 
 from .eval_cmd import EXAMPLE as EVAL_EXAMPLE, register_eval  # noqa: E402
 from .search_cmd import SEARCH_EXAMPLE, register_report, register_search  # noqa: E402
+from .analyze_cmd import register_analyze  # noqa: E402
 
 COMMANDS = {
     "info": (register_info, "Show layers, canonical matrix types, shapes and parameter counts.",
@@ -122,4 +123,8 @@ COMMANDS = {
                SEARCH_EXAMPLE),
     "report": (register_report, "Regenerate report.md and plots of a search from its run folder.",
                "laser report runs/wiki"),
+    "analyze": (register_analyze, "The paper's analyses: spectrum, perplexity, components.",
+                "laser analyze spectrum demo --json spectrum.json\n"
+                "laser analyze perplexity demo -e mlp_in:28:0.01\n"
+                "laser analyze components demo -t bb_wikidata -e mlp_in:28:0.01 --limit 500"),
 }

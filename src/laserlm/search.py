@@ -55,6 +55,7 @@ class Sweeper:
     context: dict  # model identity, task, rows: what a result's key depends on
     split: str
     cache: SVDCache
+    walk: tuple[int, list] | None = None  # (layer, states entering it): where the last sweep stopped
 
     def key(self, edits: list[Edit]) -> str:
         return candidate_key(self.context, self.split, [e.to_json() for e in edits])
@@ -77,7 +78,7 @@ class Sweeper:
             ev = self.prepared.score()
         return self._record(edits, ev, time.perf_counter() - t0)
 
-    def sweep(self, candidates: list[Edit], on_done: Callable[[dict], None] | None = None) -> None:
+    def sweep(self, candidates: list[Edit], on_done: Callable[[dict], None] | None = None, base: bool = True) -> None:
         """The base model and single-edit candidates, walking the layers upwards with the prefix cache.
 
         The base pass also records the states entering the lowest pending layer, so the walk up the
@@ -87,7 +88,7 @@ class Sweeper:
         for c in pending:  # every candidate is checked before any work
             plan(self.model, [c], self.layout)
         if self.layout.blocks is None or not self.prepared.scorer.fast:
-            for edits in [[]] + [[c] for c in pending]:  # no known block list: correct, just slower
+            for edits in [[]] * base + [[c] for c in pending]:  # no known block list: correct, just slower
                 row = self.evaluate(edits)
                 on_done and edits and on_done(row)
             return
@@ -96,11 +97,13 @@ class Sweeper:
         for c in pending:
             by_layer.setdefault(c.layer, []).append(c)
         hidden: list[torch.Tensor] | None = None
-        if self.done([]) is None:
-            with prefix.record(min(by_layer, default=0)) as states:
+        at = min(by_layer, default=0)
+        if self.walk is not None and self.walk[0] <= at:  # continue from the last sweep's walk
+            at, hidden = self.walk
+        elif base and self.done([]) is None:
+            with prefix.record(at) as states:
                 self.evaluate([])
             hidden = states if by_layer else None
-        at = min(by_layer, default=0)
         collated = [self.prepared.scorer.collate([self.prepared.requests[i] for i in batch])
                     for batch in self.prepared.batches]
         for layer in sorted(by_layer):
@@ -112,6 +115,7 @@ class Sweeper:
                     ev = self.prepared.score(context=lambda b, h=hidden, l=layer: prefix.replay(l, h[b]))
                 row = self._record([c], ev, time.perf_counter() - t0)
                 on_done and on_done(row)
+        self.walk = (at, hidden) if hidden is not None else None
 
     def _advance(self, prefix: PrefixCache, collated, hidden, at: int, layer: int) -> list[torch.Tensor]:
         """Hidden states entering `layer` for every batch: from scratch, or one block at a time."""

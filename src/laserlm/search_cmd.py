@@ -42,11 +42,30 @@ def parse_amounts(text: str, methods: list[str]) -> list:
 
 def _check_backend(args) -> None:
     if args.backend == "ray":
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            raise UserError("--backend ray needs Ray: pip install 'laserlm[ray]'") from None
-        raise UserError("--backend ray is not available in this version yet: use --backend local")
+        from .ray_backend import _import_ray
+
+        _import_ray()
+    elif args.ray_address or args.workers or args.gpus_per_worker:
+        raise UserError("--ray-address, --workers and --gpus-per-worker need --backend ray")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1, not {args.workers}")
+
+
+def _sweep(args, on_val, candidates, layout, bar) -> None:
+    if args.backend == "local":
+        on_val.sweep(candidates, on_done=lambda row: bar.update(1))
+        return
+    from .ray_backend import WorkerSpec, ray_sweep
+
+    on_val.sweep([])  # the base model, here on the driver
+    spec = WorkerSpec(model=args.model, task=args.task, context=on_val.context, dtype=args.dtype,
+                      device="cuda" if args.gpus_per_worker else "cpu", revision=args.revision,
+                      module_patterns=args.module_pattern, data=args.data, split_seed=args.split_seed,
+                      limit=args.limit, batch_size=args.batch_size, svd=args.svd, svd_disk=not args.no_svd_cache)
+    pending = [c for c in candidates if on_val.done([c]) is None]
+    ray_sweep(spec, pending, on_val.store, layout.n_layers, workers=args.workers,
+              gpus_per_worker=args.gpus_per_worker or 0.0, address=args.ray_address,
+              on_done=lambda row: bar.update(1))
 
 
 def run_search(args) -> int:
@@ -95,7 +114,7 @@ def run_search(args) -> int:
     print(f"{len(candidates)} candidates ({len(candidates) - todo} already done), {len(val)} val rows, "
           f"{len(test)} test rows -> {run_dir}", file=sys.stderr)
     with tqdm(total=todo, unit="cand", desc="search", dynamic_ncols=True, file=sys.stderr) as bar:
-        on_val.sweep(candidates, on_done=lambda row: bar.update(1))
+        _sweep(args, on_val, candidates, layout, bar)
     sweep_secs = time.perf_counter() - t0
     base = on_val.done([])
     rows = [r for r in on_val.store.rows.values() if r["split"] == "val"]
@@ -146,7 +165,13 @@ def register_search(p):
     p.add_argument("--test-limit", type=int, metavar="N", help="rows of test to use (default: --limit)")
     p.add_argument("--compose", action="store_true",
                    help="greedily stack each layer's best edit, layers ordered by val gain, while val improves")
-    p.add_argument("--backend", choices=["local", "ray"], default="local", help="where candidates run")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process. ray: candidates grouped by layer on Ray actors (pip install "
+                        "'laserlm[ray]'); the cluster at --ray-address or $RAY_ADDRESS, else a local Ray")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else local)")
+    p.add_argument("--workers", type=int, metavar="N", help="Ray actors (default: one per available CPU)")
+    p.add_argument("--gpus-per-worker", type=float, metavar="G",
+                   help="GPUs each Ray actor asks for, fractional allowed (default 0: CPU workers)")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR",
                    help="run folder: results.jsonl (append-only, fsynced), best.json, report.md, plots")
     p.set_defaults(run=run_search)

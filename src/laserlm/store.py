@@ -34,13 +34,15 @@ def candidate_key(context: dict, split: str, edits: list[dict]) -> str:
 
 
 class ResultStore:
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    """Rows by key, backed by an append-only JSONL file (or memory only, with path None)."""
+
+    def __init__(self, path: Path | str | None):
+        self.path = Path(path) if path is not None else None
         self.rows: dict[str, dict] = {}
         self._load()
 
     def _load(self) -> None:
-        if not self.path.exists():
+        if self.path is None or not self.path.exists():
             return
         data = self.path.read_bytes()
         if data and not data.endswith(b"\n"):  # killed mid-write: drop the torn tail
@@ -67,6 +69,9 @@ class ResultStore:
 
     def append(self, row: dict) -> None:
         if row["key"] in self.rows:
+            return
+        if self.path is None:
+            self.rows[row["key"]] = row
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

@@ -1,0 +1,167 @@
+"""`laser analyze spectrum|flips|components|curve|perplexity`: each writes a table (--json) and a plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .cli import _Parser, add_edit_args, add_model_args, add_svd_args, load_from_args, svd_cache_from_args
+from .errors import UserError
+from .eval_cmd import add_task_args, scorer_for
+
+DEFAULT_TEXT = "declaration_of_independence.txt"
+
+
+def _write(args, table, plot_fn=None) -> None:
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+    if plot_fn:
+        plot_fn(out)
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def run_spectrum(args) -> int:
+    from .analyze import spectrum
+    from .arch import get_layout
+    from .edits import parse_layers
+
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    layout = get_layout(loaded.model, args.module_pattern)
+    types = list(dict.fromkeys(t for s in args.types.split(",") for t in layout.expand_types(s.strip())))
+    layers = parse_layers(args.layers, f"--layers {args.layers}")
+    rows = spectrum(layout, cache, types, range(layout.n_layers) if layers is None else layers)
+    table = [{k: r[k] for k in ("type", "layer", "shape", "effective_rank")} for r in rows]
+
+    def plot(out):
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        for t in types:
+            pts = [(r["layer"], r["effective_rank"] / r["max_rank"]) for r in rows if r["type"] == t]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=t)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("effective rank / max rank")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "effective_rank.png", dpi=110)
+        plt.close(fig)
+        (out / "singular_values.json").write_text(json.dumps(rows) + "\n")
+
+    _write(args, table, plot)
+    for r in table:
+        print(f"{r['type']:8s} {r['layer']:3d} {'x'.join(map(str, r['shape'])):>10s}  effective rank {r['effective_rank']:8.1f}")
+    return 0
+
+
+def run_perplexity(args) -> int:
+    from importlib import resources
+
+    from .edits import edited, plan
+    from .evaluate import perplexity
+
+    text = (Path(args.text).read_text(encoding="utf-8") if args.text
+            else (resources.files("laserlm") / "data" / DEFAULT_TEXT).read_text(encoding="utf-8"))
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    scorer = scorer_for(loaded, args)
+    steps = plan(loaded.model, args.edit)
+    before = perplexity(scorer, text, window=args.window, stride=args.stride)
+    with edited(loaded.model, [s.edit for s in steps], svd_cache=cache):
+        after = perplexity(scorer, text, window=args.window, stride=args.stride)
+    table = {"text": args.text or DEFAULT_TEXT, "tokens": before["tokens"], "edits": [s.edit.to_json() for s in steps],
+             "before": before["perplexity"], "after": after["perplexity"],
+             "change": after["perplexity"] / before["perplexity"] - 1}
+    _write(args, table)
+    print(f"perplexity {table['before']:.3f} -> {table['after']:.3f} ({100 * table['change']:+.2f}%) "
+          f"over {table['tokens']} tokens")
+    return 0
+
+
+def _edit_examples(args, loaded):
+    from .tasks import load_task
+
+    task = load_task(args.task, args.data)
+    return task.select(args.split, args.split_seed, args.limit)
+
+
+def run_components(args) -> int:
+    from .analyze import complement, flips, records_with
+    from .arch import get_layout
+    from .edits import plan
+    from .evaluate import Prepared
+
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    layout = get_layout(loaded.model, args.module_pattern)
+    steps = plan(loaded.model, args.edit, layout)
+    if len(steps) != 1 or steps[0].edit.method != "svd":
+        raise UserError("components takes exactly one svd edit, e.g. -e mlp_in:27:0.01")
+    step = steps[0]
+    examples = _edit_examples(args, loaded)
+    prepared = Prepared(scorer_for(loaded, args), examples)
+    if examples[0].kind != "cloze":
+        raise UserError("components compares next-token predictions: use a cloze task")
+    base = records_with(loaded.model, layout, prepared, [], cache)
+    top = records_with(loaded.model, layout, prepared, [step.edit], cache)
+    bottom_edit = complement(step.edit, step.target.shape)
+    bottom = records_with(loaded.model, layout, prepared, [bottom_edit], cache)
+    tok = loaded.tokenizer
+    table = [{"prompt": examples[i].prompt, "answer": examples[i].answers[0],
+              "base": tok.decode([base[i]["pred_token"]]), "top": tok.decode([top[i]["pred_token"]]),
+              "bottom": tok.decode([bottom[i]["pred_token"]])}
+             for i in flips(base, top).corrected]
+    _write(args, {"edit": step.edit.to_json(), "bottom_edit": bottom_edit.to_json(), "corrected": table})
+    print(f"{len(table)} examples corrected by {step.edit}; predictions with only the top {step.k} "
+          f"components vs only the bottom {bottom_edit.amount[2:]}:")
+    for r in table[: args.show]:
+        print(f"  {r['prompt'][:60]!r:64s} answer {r['answer']!r:14s} top {r['top']!r:12s} bottom {r['bottom']!r}")
+    return 0
+
+
+COMMANDS = {
+    "spectrum": (run_spectrum, "Singular values and effective rank (Roy & Vetterli 2007) of each matrix."),
+    "perplexity": (run_perplexity, "Perplexity before and after edits (sliding window, stride 512)."),
+    "components": (run_components, "For rows an svd edit corrects: predictions with only the top-k vs only the "
+                                   "removed components."),
+}
+
+
+def register_analyze(p) -> None:
+    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True, parser_class=_Parser)
+    for name, (fn, summary) in COMMANDS.items():
+        q = sub.add_parser(name, help=summary, description=summary)
+        add_model_args(q)
+        if name == "spectrum":
+            add_svd_args(q)
+            q.add_argument("--types", default="mlp_in,mlp_out", help="types or groups (default mlp_in,mlp_out)")
+            q.add_argument("--layers", default="all", metavar="SPEC", help="layers (default all)")
+        else:
+            add_edit_args(q, required=True)
+            if name == "components":
+                add_task_args(q, required=True)
+                q.add_argument("--split", default="val", choices=["val", "test", "all"])
+                q.add_argument("--show", type=int, default=10, help="rows printed (default 10)")
+            else:
+                q.add_argument("--text", metavar="FILE", help=f"text file (default: the bundled {DEFAULT_TEXT})")
+                q.add_argument("--window", type=int, default=1024)
+                q.add_argument("--stride", type=int, default=512)
+                q.add_argument("--batch-size", type=int)
+        q.add_argument("--json", metavar="FILE", help="write the table as JSON")
+        q.add_argument("-o", "--output", default="analysis", metavar="DIR", help="folder for plots (default analysis)")
+        q.set_defaults(run=fn)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(1)
