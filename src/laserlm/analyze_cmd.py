@@ -130,9 +130,93 @@ def run_components(args) -> int:
     return 0
 
 
+def run_flips(args) -> int:
+    from .analyze import flips, generic_share, records_with
+    from .arch import get_layout
+    from .edits import Edit
+    from .evaluate import Prepared
+    from .models import load_model
+    from .tasks import load_task
+
+    run_dir = Path(args.run_dir)
+    try:
+        manifest = json.loads((run_dir / "run.json").read_text())
+        best = json.loads((run_dir / "best.json").read_text())
+        run_args = manifest["args"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        raise UserError(f"{run_dir} lacks run.json/best.json of a finished laser search") from None
+    limit = run_args["limit"] if args.split == "val" else run_args["test_limit"]
+    examples = load_task(run_args["task"], run_args["data"]).select(args.split, manifest["split_seed"], limit)
+    loaded = load_model(run_args["model"], dtype=args.dtype, device=args.device)
+    layout = get_layout(loaded.model, run_args.get("module_pattern"))
+    edit = [Edit.from_json(e) for e in best["best"]["edits"]]
+    prepared = Prepared(scorer_for(loaded, args), examples)
+    cache = svd_cache_from_args(args)
+    base = records_with(loaded.model, layout, prepared, [], cache)
+    after = records_with(loaded.model, layout, prepared, edit, cache)
+    f = flips(base, after)
+    tok = loaded.tokenizer
+    name = "pred_token" if "pred_token" in base[0] else "pred"
+    label = (lambda r: tok.decode([r[name]])) if name == "pred_token" else (lambda r: str(r[name]))
+    corrected_preds = [label(base[i]) for i in f.corrected]
+    table = {"edits": best["best"]["edits"], "split": args.split, "n": len(examples), "counts": f.counts(),
+             "generic_share_of_base_predictions_on_corrected": generic_share(corrected_preds),
+             "examples": [{"index": i, "prompt": examples[i].prompt, "answer": (examples[i].answers or
+                           [examples[i].choices[examples[i].label]])[0], "base": label(base[i]),
+                           "edited": label(after[i]), "flip": kind}
+                          for kind, idx in (("corrected", f.corrected), ("newly_wrong", f.newly_wrong)) for i in idx]}
+    _write(args, table)
+    c = table["counts"]
+    print(f"{args.split}, n={len(examples)}: both right {c['both_right']}, corrected {c['corrected']}, "
+          f"newly wrong {c['newly_wrong']}, both wrong {c['both_wrong']}")
+    print(f"generic words among the base model's predictions on corrected rows: "
+          f"{100 * table['generic_share_of_base_predictions_on_corrected']:.1f}%")
+    for r in table["examples"][: args.show]:
+        print(f"  [{r['flip']}] {r['prompt'][:60]!r} answer {r['answer']!r}: base {r['base']!r} -> {r['edited']!r}")
+    return 0
+
+
+def run_curve(args) -> int:
+    from .analyze import curve, curve_landmarks
+    from .arch import get_layout
+    from .evaluate import Prepared
+
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    layout = get_layout(loaded.model, args.module_pattern)
+    layout.target(args.type, args.layer)
+    examples = _edit_examples(args, loaded)
+    prepared = Prepared(scorer_for(loaded, args), examples)
+    rows = curve(loaded.model, layout, prepared, args.type, args.layer, cache)
+    metric = "top1" if "top1" in rows[0] else "acc"
+    marks = curve_landmarks(rows, metric)
+
+    def plot(out):
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+        ax.plot([100 * r["removed"] for r in rows], [r[metric] for r in rows], marker="o", ms=3)
+        ax.axhline(marks["base"], ls="--", color="black", label="unedited")
+        ax.set_xlabel(f"% of the rank of {args.type}:{args.layer} removed")
+        ax.set_ylabel(metric)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / f"curve_{args.type}_{args.layer}.png", dpi=110)
+        plt.close(fig)
+
+    _write(args, {"type": args.type, "layer": args.layer, "rows": rows, "landmarks": marks}, plot)
+    for r in rows:
+        print(f"  removed {100 * r['removed']:7.2f}%  {metric} {r[metric]:.4f}  logloss {r['logloss']:.4f}")
+    print(f"first improves at {marks['first_improves_at_removed']}, best at {marks['best_removed']}, "
+          f"first degrades at {marks['first_degrades_at_removed']} (fractions removed)")
+    return 0
+
+
 COMMANDS = {
     "spectrum": (run_spectrum, "Singular values and effective rank (Roy & Vetterli 2007) of each matrix."),
     "perplexity": (run_perplexity, "Perplexity before and after edits (sliding window, stride 512)."),
+    "flips": (run_flips, "Per example, base against the best edit of a search: which answers flip."),
+    "curve": (run_curve, "The metric against the fraction of one matrix's rank removed, up to 99.95%."),
     "components": (run_components, "For rows an svd edit corrects: predictions with only the top-k vs only the "
                                    "removed components."),
 }
@@ -142,8 +226,25 @@ def register_analyze(p) -> None:
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True, parser_class=_Parser)
     for name, (fn, summary) in COMMANDS.items():
         q = sub.add_parser(name, help=summary, description=summary)
-        add_model_args(q)
-        if name == "spectrum":
+        if name == "flips":
+            q.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by laser search")
+            q.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+            q.add_argument("--device", default="cpu")
+            q.add_argument("--split", default="val", choices=["val", "test"])
+            q.add_argument("--show", type=int, default=10, help="rows printed (default 10)")
+            q.add_argument("--batch-size", type=int)
+            add_svd_args(q)
+        else:
+            add_model_args(q)
+        if name == "flips":
+            pass
+        elif name == "curve":
+            add_svd_args(q)
+            add_task_args(q, required=True)
+            q.add_argument("--type", required=True, help="matrix type, e.g. mlp_in")
+            q.add_argument("--layer", required=True, type=int, help="layer index")
+            q.add_argument("--split", default="val", choices=["val", "test", "all"])
+        elif name == "spectrum":
             add_svd_args(q)
             q.add_argument("--types", default="mlp_in,mlp_out", help="types or groups (default mlp_in,mlp_out)")
             q.add_argument("--layers", default="all", metavar="SPEC", help="layers (default all)")

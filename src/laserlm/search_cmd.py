@@ -100,7 +100,9 @@ def run_search(args) -> int:
     manifest = {"model": loaded.identity, "task": _task_identity(args), "split_seed": args.split_seed,
                 "val_rows": {"n": len(val), "hash": rows_hash(val)},
                 "test_rows": {"n": len(test), "hash": rows_hash(test)}, "metric": primary}
-    check_manifest(run_dir, manifest, {"types": types, "layers": layers, "amounts": amounts, "methods": methods})
+    check_manifest(run_dir, manifest, {"types": types, "layers": layers, "amounts": amounts, "methods": methods},
+                   {"args": {"model": args.model, "task": args.task, "data": args.data, "limit": args.limit,
+                             "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern}})
     scorer = scorer_for(loaded, args)
 
     def sweeper(rows, split, store_name):

@@ -80,8 +80,10 @@ class ResultStore:
         self.rows[row["key"]] = row
 
 
-def check_manifest(run_dir: Path, manifest: dict, extend: dict) -> dict:
-    """Create RUN_DIR/run.json, or refuse a rerun made for another model, task or split."""
+def check_manifest(run_dir: Path, manifest: dict, extend: dict, info: dict | None = None) -> dict:
+    """Create RUN_DIR/run.json, or refuse a rerun made for another model, task or split.
+
+    `extend` lists grow with each rerun (a wider grid); `info` is recorded but never compared."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / MANIFEST
     if path.exists():
@@ -100,6 +102,7 @@ def check_manifest(run_dir: Path, manifest: dict, extend: dict) -> dict:
         manifest = old
     else:
         manifest = {**manifest, **{k: sorted(map(str, v)) for k, v in extend.items()}}
+    manifest.update(info or {})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, path)
