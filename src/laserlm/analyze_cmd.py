@@ -14,12 +14,28 @@ DEFAULT_TEXT = "declaration_of_independence.txt"
 
 
 def _write(args, table, plot_fn=None) -> None:
-    out = Path(args.output)
+    """The table goes to -o DIR as analysis_<name>.json (and --json FILE); `laser report` renders it."""
+    out = Path(args.output or "analysis")
     out.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(table, indent=2) + "\n"
+    (out / f"analysis_{args.analysis}.json").write_text(text)
     if args.json:
-        Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
+        Path(args.json).write_text(text)
     if plot_fn:
         plot_fn(out)
+
+
+def _bars(out: Path, name: str, labels: list[str], values: list[float], ylabel: str, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    ax.bar(labels, values, color="tab:blue")
+    for i, v in enumerate(values):
+        ax.annotate(f"{v:g}", (i, v), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=110)
+    plt.close(fig)
 
 
 def _plt():
@@ -83,7 +99,8 @@ def run_perplexity(args) -> int:
     table = {"text": args.text or DEFAULT_TEXT, "tokens": before["tokens"], "edits": [s.edit.to_json() for s in steps],
              "before": before["perplexity"], "after": after["perplexity"],
              "change": after["perplexity"] / before["perplexity"] - 1}
-    _write(args, table)
+    _write(args, table, lambda out: _bars(out, "perplexity", ["before", "after"], [round(before["perplexity"], 3),
+                                          round(after["perplexity"], 3)], "perplexity", f"edits: {args.edit}"))
     print(f"perplexity {table['before']:.3f} -> {table['after']:.3f} ({100 * table['change']:+.2f}%) "
           f"over {table['tokens']} tokens")
     return 0
@@ -122,7 +139,13 @@ def run_components(args) -> int:
               "base": tok.decode([base[i]["pred_token"]]), "top": tok.decode([top[i]["pred_token"]]),
               "bottom": tok.decode([bottom[i]["pred_token"]])}
              for i in flips(base, top).corrected]
-    _write(args, {"edit": step.edit.to_json(), "bottom_edit": bottom_edit.to_json(), "corrected": table})
+    from .analyze import generic_share
+
+    shares = [generic_share([r[k] for r in table]) if table else 0.0 for k in ("base", "top", "bottom")]
+    _write(args, {"edit": step.edit.to_json(), "bottom_edit": bottom_edit.to_json(), "corrected": table},
+           lambda out: _bars(out, "components", ["base", f"top {step.k}", f"bottom {bottom_edit.amount[2:]}"],
+                             [round(x, 3) for x in shares], "share of generic-word predictions",
+                             f"{len(table)} rows corrected by {step.edit}"))
     print(f"{len(table)} examples corrected by {step.edit}; predictions with only the top {step.k} "
           f"components vs only the bottom {bottom_edit.amount[2:]}:")
     for r in table[: args.show]:
@@ -139,6 +162,7 @@ def run_flips(args) -> int:
     from .tasks import load_task
 
     run_dir = Path(args.run_dir)
+    args.output = args.output or str(run_dir)
     try:
         manifest = json.loads((run_dir / "run.json").read_text())
         best = json.loads((run_dir / "best.json").read_text())
@@ -165,7 +189,9 @@ def run_flips(args) -> int:
                            [examples[i].choices[examples[i].label]])[0], "base": label(base[i]),
                            "edited": label(after[i]), "flip": kind}
                           for kind, idx in (("corrected", f.corrected), ("newly_wrong", f.newly_wrong)) for i in idx]}
-    _write(args, table)
+    counts = table["counts"]
+    _write(args, table, lambda out: _bars(out, "flips", list(counts), list(counts.values()), "examples",
+                                          f"{args.split}: base against {edit}"))
     c = table["counts"]
     print(f"{args.split}, n={len(examples)}: both right {c['both_right']}, corrected {c['corrected']}, "
           f"newly wrong {c['newly_wrong']}, both wrong {c['both_wrong']}")
@@ -260,7 +286,9 @@ def register_analyze(p) -> None:
                 q.add_argument("--stride", type=int, default=512)
                 q.add_argument("--batch-size", type=int)
         q.add_argument("--json", metavar="FILE", help="write the table as JSON")
-        q.add_argument("-o", "--output", default="analysis", metavar="DIR", help="folder for plots (default analysis)")
+        q.add_argument("-o", "--output", metavar="DIR",
+                       help="folder for the table and plot; give a search's RUN_DIR to add a section to its "
+                            "report (default: RUN_DIR for flips, else ./analysis)")
         q.set_defaults(run=fn)
 
 

@@ -73,7 +73,7 @@ def write_report(run_dir: str | Path) -> Path:
               f"{manifest.get('test_rows', {}).get('n', '?')}, split seed {manifest.get('split_seed', '?')}.", ""]
     if best:
         lines += ["| | edits | val | test |", "|---|---|---|---|"]
-        for name in ("base", "best", "composed"):
+        for name in ("base", "best", "mp", "composed"):
             if name in best:
                 b = best[name]
                 edits = ", ".join(f"`{Edit.from_json(e)}`" for e in b.get("edits", [])) or "(none)"
@@ -96,6 +96,38 @@ def write_report(run_dir: str | Path) -> Path:
         plot(rows, base, m, run_dir / name, f"{model} on {task}: val {m} against layer")
         if (run_dir / name).exists():
             lines.append(f"![{m}]({name})")
+    lines += _analysis_sections(run_dir)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _analysis_sections(run_dir: Path) -> list[str]:
+    """A section per `laser analyze ... -o RUN_DIR` table found in the folder."""
+    lines = []
+    for path in sorted(run_dir.glob("analysis_*.json")):
+        name = path.stem.removeprefix("analysis_")
+        t = json.loads(path.read_text())
+        lines += ["", f"## Analysis: {name}", ""]
+        if name == "flips":
+            c = t["counts"]
+            lines.append(f"{t['split']}, n={t['n']}: both right {c['both_right']}, corrected {c['corrected']}, "
+                         f"newly wrong {c['newly_wrong']}, both wrong {c['both_wrong']}. Generic words among the "
+                         f"base model's predictions on corrected rows: "
+                         f"{100 * t['generic_share_of_base_predictions_on_corrected']:.1f}%.")
+        elif name == "perplexity":
+            lines.append(f"Perplexity {t['before']:.3f} -> {t['after']:.3f} ({100 * t['change']:+.2f}%) over "
+                         f"{t['tokens']} tokens of {t['text']}.")
+        elif name == "spectrum":
+            lines += ["| type | layer | shape | effective rank |", "|---|---|---|---|"]
+            lines += [f"| {r['type']} | {r['layer']} | {'x'.join(map(str, r['shape']))} | {r['effective_rank']:.1f} |"
+                      for r in t]
+        elif name == "curve":
+            lines.append(f"{t['type']}:{t['layer']}: {json.dumps(t['landmarks'])}")
+        elif name == "components":
+            lines += ["| prompt | answer | top | bottom |", "|---|---|---|---|"]
+            lines += [f"| {r['prompt'][:60]} | {r['answer']} | {r['top']!r} | {r['bottom']!r} |" for r in t["corrected"][:20]]
+        for png in ("flips", "perplexity", "effective_rank", "components"):
+            if name in png and (run_dir / f"{png}.png").exists():
+                lines.append(f"![{png}]({png}.png)")
+    return lines

@@ -125,6 +125,10 @@ def run_search(args) -> int:
     result = {"metric": primary, "base": _summary([], base, on_test.evaluate([]), primary)}
     best_edits = [Edit.from_json(e) for e in best["edits"]] if best else []
     result["best"] = _summary(best_edits, best or base, on_test.evaluate(best_edits), primary)
+    if best_edits:  # the data-free baseline on the same matrix: keep what clears the Marchenko-Pastur edge
+        mp = [Edit("mp", best_edits[0].type, best_edits[0].layer)]
+        baselines = sweeper(val, "val", "baselines.jsonl")  # kept out of results.jsonl, which selection reads
+        result["mp"] = _summary(mp, baselines.evaluate(mp), on_test.evaluate(mp), primary)
     if args.compose:
         on_compose = sweeper(val, "val", "composed.jsonl")
         on_compose.store.rows.update(on_val.store.rows)  # single edits are already known
@@ -147,7 +151,7 @@ def _print_summary(result: dict, primary: str, secs: float, n: int) -> None:
     from .edits import Edit
 
     print(f"swept {n} candidates in {secs:.1f} s")
-    for name in ("base", "best", "composed"):
+    for name in ("base", "best", "mp", "composed"):
         if name in result:
             r = result[name]
             edits = " ".join(str(Edit.from_json(e)) for e in r["edits"]) or "(no edit)"
