@@ -124,6 +124,7 @@ def _analysis_sections(run_dir: Path) -> list[str]:
                       for r in t]
         elif name == "curve":
             lines.append(f"{t['type']}:{t['layer']}: {json.dumps(t['landmarks'])}")
+            lines.append(f"![curve](curve_{t['type']}_{t['layer']}.png)")
         elif name == "components":
             lines += ["| prompt | answer | top | bottom |", "|---|---|---|---|"]
             lines += [f"| {r['prompt'][:60]} | {r['answer']} | {r['top']!r} | {r['bottom']!r} |" for r in t["corrected"][:20]]
