@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from .cli import _Parser, add_edit_args, add_model_args, add_svd_args, load_from_args, svd_cache_from_args
@@ -238,59 +237,69 @@ def run_curve(args) -> int:
     return 0
 
 
+def _split_and_show(q, splits=("val", "test", "all")) -> None:
+    q.add_argument("--split", default="val", choices=splits, help="which rows (default val)")
+    q.add_argument("--show", type=int, default=10, help="rows printed (default 10)")
+
+
+def _reg_spectrum(q):
+    add_model_args(q)
+    add_svd_args(q)
+    q.add_argument("--types", default="mlp_in,mlp_out", help="types or groups (default mlp_in,mlp_out)")
+    q.add_argument("--layers", default="all", metavar="SPEC", help="layers (default all)")
+
+
+def _reg_perplexity(q):
+    add_model_args(q)
+    add_edit_args(q, required=True)
+    q.add_argument("--text", metavar="FILE", help=f"text file (default: the bundled {DEFAULT_TEXT})")
+    q.add_argument("--window", type=int, default=1024, help="context window in tokens (default 1024)")
+    q.add_argument("--stride", type=int, default=512, help="sliding-window stride (default 512)")
+    q.add_argument("--batch-size", type=int, help="sequences per batch (default automatic)")
+
+
+def _reg_flips(q):
+    q.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by laser search")
+    q.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    q.add_argument("--batch-size", type=int, help="sequences per batch (default automatic)")
+    add_svd_args(q)
+    _split_and_show(q, ("val", "test"))
+
+
+def _reg_components(q):
+    add_model_args(q)
+    add_edit_args(q, required=True)
+    add_task_args(q, required=True)
+    _split_and_show(q)
+
+
+def _reg_curve(q):
+    add_model_args(q)
+    add_svd_args(q)
+    add_task_args(q, required=True)
+    q.add_argument("--type", required=True, help="matrix type, e.g. mlp_in")
+    q.add_argument("--layer", required=True, type=int, help="layer index")
+    q.add_argument("--split", default="val", choices=["val", "test", "all"], help="which rows (default val)")
+
+
 COMMANDS = {
-    "spectrum": (run_spectrum, "Singular values and effective rank (Roy & Vetterli 2007) of each matrix."),
-    "perplexity": (run_perplexity, "Perplexity before and after edits (sliding window, stride 512)."),
-    "flips": (run_flips, "Per example, base against the best edit of a search: which answers flip."),
-    "curve": (run_curve, "The metric against the fraction of one matrix's rank removed, up to 99.95%."),
-    "components": (run_components, "For rows an svd edit corrects: predictions with only the top-k vs only the "
-                                   "removed components."),
+    "spectrum": (run_spectrum, _reg_spectrum, "Singular values and effective rank (Roy & Vetterli 2007) of each matrix."),
+    "flips": (run_flips, _reg_flips, "Per example, base against the best edit of a search: which answers flip."),
+    "components": (run_components, _reg_components,
+                   "For rows an svd edit corrects: predictions with only the top-k vs only the removed components."),
+    "curve": (run_curve, _reg_curve, "The metric against the fraction of one matrix's rank removed, up to 99.95%."),
+    "perplexity": (run_perplexity, _reg_perplexity, "Perplexity before and after edits (sliding window, stride 512)."),
 }
 
 
 def register_analyze(p) -> None:
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True, parser_class=_Parser)
-    for name, (fn, summary) in COMMANDS.items():
+    for name, (run, register, summary) in COMMANDS.items():
         q = sub.add_parser(name, help=summary, description=summary)
-        if name == "flips":
-            q.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by laser search")
-            q.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-            q.add_argument("--device", default="cpu")
-            q.add_argument("--split", default="val", choices=["val", "test"])
-            q.add_argument("--show", type=int, default=10, help="rows printed (default 10)")
-            q.add_argument("--batch-size", type=int)
-            add_svd_args(q)
-        else:
-            add_model_args(q)
-        if name == "flips":
-            pass
-        elif name == "curve":
-            add_svd_args(q)
-            add_task_args(q, required=True)
-            q.add_argument("--type", required=True, help="matrix type, e.g. mlp_in")
-            q.add_argument("--layer", required=True, type=int, help="layer index")
-            q.add_argument("--split", default="val", choices=["val", "test", "all"])
-        elif name == "spectrum":
-            add_svd_args(q)
-            q.add_argument("--types", default="mlp_in,mlp_out", help="types or groups (default mlp_in,mlp_out)")
-            q.add_argument("--layers", default="all", metavar="SPEC", help="layers (default all)")
-        else:
-            add_edit_args(q, required=True)
-            if name == "components":
-                add_task_args(q, required=True)
-                q.add_argument("--split", default="val", choices=["val", "test", "all"])
-                q.add_argument("--show", type=int, default=10, help="rows printed (default 10)")
-            else:
-                q.add_argument("--text", metavar="FILE", help=f"text file (default: the bundled {DEFAULT_TEXT})")
-                q.add_argument("--window", type=int, default=1024)
-                q.add_argument("--stride", type=int, default=512)
-                q.add_argument("--batch-size", type=int)
-        q.add_argument("--json", metavar="FILE", help="write the table as JSON")
+        register(q)
+        q.add_argument("--json", metavar="FILE", help="also write the table to FILE")
         q.add_argument("-o", "--output", metavar="DIR",
                        help="folder for the table and plot; give a search's RUN_DIR to add a section to its "
                             "report (default: RUN_DIR for flips, else ./analysis)")
-        q.set_defaults(run=fn)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(1)
+        q.set_defaults(run=run)

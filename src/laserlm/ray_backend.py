@@ -11,7 +11,7 @@ already holds, so the results never have a hole or a duplicate. Ray is imported 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .edits import Edit
 from .errors import UserError
@@ -34,7 +34,6 @@ class WorkerSpec:
     batch_size: int | None = None
     svd: str = "exact"
     svd_disk: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 class SweepWorker:
