@@ -293,10 +293,22 @@ COMMANDS = {
 }
 
 
+EXAMPLES = {
+    "spectrum": "laser analyze spectrum demo --types mlp_in,mlp_out --json spectrum.json -o runs/wiki",
+    "flips": "laser analyze flips runs/wiki --split test",
+    "components": "laser analyze components demo -t bb_wikidata -e mlp_in:28:0.01 --limit 500 -o runs/wiki",
+    "curve": "laser analyze curve demo -t bb_wikidata --type mlp_in --layer 28 --limit 300 -o runs/wiki",
+    "perplexity": "laser analyze perplexity demo -e mlp_in:28:0.01 -o runs/wiki",
+}
+
+
 def register_analyze(p) -> None:
+    from .cli import _formatter
+
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True, parser_class=_Parser)
     for name, (run, register, summary) in COMMANDS.items():
-        q = sub.add_parser(name, help=summary, description=summary)
+        q = sub.add_parser(name, help=summary, description=summary, formatter_class=_formatter,
+                           epilog=f"example:\n  {EXAMPLES[name]}")
         register(q)
         q.add_argument("--json", metavar="FILE", help="also write the table to FILE")
         q.add_argument("-o", "--output", metavar="DIR",
