@@ -54,7 +54,7 @@ def run_spectrum(args) -> int:
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)
-    types = list(dict.fromkeys(t for s in args.types.split(",") for t in layout.expand_types(s.strip())))
+    types = layout.expand_type_list(args.types)
     layers = parse_layers(args.layers, f"--layers {args.layers}")
     rows = spectrum(layout, cache, types, range(layout.n_layers) if layers is None else layers)
     table = [{k: r[k] for k in ("type", "layer", "shape", "effective_rank")} for r in rows]
@@ -83,6 +83,7 @@ def run_spectrum(args) -> int:
 def run_perplexity(args) -> int:
     from importlib import resources
 
+    from .arch import get_layout
     from .edits import edited, plan
     from .evaluate import perplexity
 
@@ -91,9 +92,10 @@ def run_perplexity(args) -> int:
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     scorer = scorer_for(loaded, args)
-    steps = plan(loaded.model, args.edit)
+    layout = get_layout(loaded.model, args.module_pattern)
+    steps = plan(loaded.model, args.edit, layout)
     before = perplexity(scorer, text, window=args.window, stride=args.stride)
-    with edited(loaded.model, [s.edit for s in steps], svd_cache=cache):
+    with edited(loaded.model, [s.edit for s in steps], layout=layout, svd_cache=cache):
         after = perplexity(scorer, text, window=args.window, stride=args.stride)
     table = {"text": args.text or DEFAULT_TEXT, "tokens": before["tokens"], "edits": [s.edit.to_json() for s in steps],
              "before": before["perplexity"], "after": after["perplexity"],
@@ -105,7 +107,7 @@ def run_perplexity(args) -> int:
     return 0
 
 
-def _edit_examples(args, loaded):
+def _edit_examples(args):
     from .tasks import load_task
 
     task = load_task(args.task, args.data)
@@ -125,7 +127,7 @@ def run_components(args) -> int:
     if len(steps) != 1 or steps[0].edit.method != "svd":
         raise UserError("components takes exactly one svd edit, e.g. -e mlp_in:27:0.01")
     step = steps[0]
-    examples = _edit_examples(args, loaded)
+    examples = _edit_examples(args)
     prepared = Prepared(scorer_for(loaded, args), examples)
     if examples[0].kind != "cloze":
         raise UserError("components compares next-token predictions: use a cloze task")
@@ -210,7 +212,7 @@ def run_curve(args) -> int:
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)
     layout.target(args.type, args.layer)
-    examples = _edit_examples(args, loaded)
+    examples = _edit_examples(args)
     prepared = Prepared(scorer_for(loaded, args), examples)
     rows = curve(loaded.model, layout, prepared, args.type, args.layer, cache)
     metric = "top1" if "top1" in rows[0] else "acc"

@@ -72,6 +72,10 @@ class Layout:
             f"{', '.join(self.types)} or a group ({', '.join(GROUPS)})"
         )
 
+    def expand_type_list(self, specs: str) -> list[str]:
+        """A comma list of types and groups ("mlp,attn_o") to distinct types, in order."""
+        return list(dict.fromkeys(t for spec in specs.split(",") for t in self.expand_types(spec.strip())))
+
     def target(self, type_: str, layer: int) -> Target:
         if type_ not in self.patterns:
             self.expand_types(type_)  # raises the helpful error

@@ -16,7 +16,6 @@ import torch
 from .arch import Layout
 from .edits import Edit, edited, plan
 from .evaluate import Evaluation, Prepared
-from .metrics import PRIMARY
 from .prefix import PrefixCache
 from .store import ResultStore, candidate_key
 from .svd import SVDCache
@@ -149,23 +148,19 @@ def _neg_text(row: dict) -> tuple:
 def compose(sweeper: Sweeper, rows: list[dict], base: dict, primary: str, log=None) -> tuple[list[Edit], dict]:
     """Greedy stacking (paper §5.1): each layer's best single edit, layers ordered by that edit's val
     gain, added when it improves val (primary metric, then logloss)."""
-    per_layer: dict[int, dict] = {}
+    by_layer: dict[int, list[dict]] = {}
     for r in rows:
         if len(r["edits"]) == 1:
-            layer = r["edits"][0]["layer"]
-            if layer not in per_layer or rank_key(r["metrics"], primary) > rank_key(per_layer[layer]["metrics"], primary):
-                per_layer[layer] = r
-    order = sorted(per_layer.values(), key=lambda r: rank_key(r["metrics"], primary), reverse=True)
+            by_layer.setdefault(r["edits"][0]["layer"], []).append(r)
+    per_layer = [best_row(group, primary) for group in by_layer.values()]
+    order = sorted(per_layer, key=lambda r: rank_key(r["metrics"], primary), reverse=True)
     stack: list[Edit] = []
     current = base
     for r in order:
         trial = stack + [Edit.from_json(r["edits"][0])]
-        row = r if not stack else sweeper.evaluate(trial)
+        row = r if not stack else sweeper.evaluate(trial)  # a one-edit stack is the row itself
         if rank_key(row["metrics"], primary) > rank_key(current["metrics"], primary):
             stack, current = trial, row
             log and log(f"compose: + {trial[-1]} -> {primary} {row['metrics'][primary]:.4f}")
     return stack, current
 
-
-def primary_metric(kind: str) -> str:
-    return PRIMARY[kind]

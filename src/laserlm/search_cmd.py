@@ -75,7 +75,8 @@ def run_search(args) -> int:
     from .edits import Edit, parse_layers
     from .evaluate import Prepared
     from .report import write_report
-    from .search import PAPER_RHOS, Sweeper, best_row, compose, grid, primary_metric
+    from .metrics import PRIMARY
+    from .search import PAPER_RHOS, Sweeper, best_row, compose, grid
     from .store import ResultStore, check_manifest, rows_hash
     from .tasks import load_task
 
@@ -85,11 +86,11 @@ def run_search(args) -> int:
     task = load_task(args.task, args.data)
     val = task.select("val", args.split_seed, args.limit)
     test = task.select("test", args.split_seed, args.test_limit or args.limit)
-    primary = primary_metric(task.kind)
+    primary = PRIMARY[task.kind]
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)
-    types = list(dict.fromkeys(t for spec in args.types.split(",") for t in layout.expand_types(spec.strip())))
+    types = layout.expand_type_list(args.types)
     layers = parse_layers(args.layers, f"--layers {args.layers}")
     layers = list(range(layout.n_layers)) if layers is None else list(layers)
     for layer in layers:
@@ -104,14 +105,16 @@ def run_search(args) -> int:
                    {"args": {"model": args.model, "task": args.task, "data": args.data, "limit": args.limit,
                              "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern}})
     scorer = scorer_for(loaded, args)
+    # Each row set is encoded and packed once, whichever store its results go to.
+    prepared = {"val": (Prepared(scorer, val), rows_hash(val)), "test": (Prepared(scorer, test), rows_hash(test))}
 
-    def sweeper(rows, split, store_name):
-        context = {"model": loaded.identity, "task": manifest["task"], "rows": rows_hash(rows)}
-        return Sweeper(loaded.model, layout, Prepared(scorer, rows), ResultStore(run_dir / store_name),
-                       context, split, cache)
+    def sweeper(split, store_name):
+        rows, digest = prepared[split]
+        context = {"model": loaded.identity, "task": manifest["task"], "rows": digest}
+        return Sweeper(loaded.model, layout, rows, ResultStore(run_dir / store_name), context, split, cache)
 
     t0 = time.perf_counter()
-    on_val = sweeper(val, "val", "results.jsonl")
+    on_val = sweeper("val", "results.jsonl")
     todo = sum(on_val.done([c]) is None for c in candidates)
     print(f"{len(candidates)} candidates ({len(candidates) - todo} already done), {len(val)} val rows, "
           f"{len(test)} test rows -> {run_dir}", file=sys.stderr)
@@ -121,17 +124,16 @@ def run_search(args) -> int:
     base = on_val.done([])
     rows = [r for r in on_val.store.rows.values() if r["split"] == "val"]
     best = best_row(rows, primary)
-    on_test = sweeper(test, "test", "test.jsonl")
+    on_test = sweeper("test", "test.jsonl")
     result = {"metric": primary, "base": _summary([], base, on_test.evaluate([]), primary)}
     best_edits = [Edit.from_json(e) for e in best["edits"]] if best else []
     result["best"] = _summary(best_edits, best or base, on_test.evaluate(best_edits), primary)
     if best_edits:  # the data-free baseline on the same matrix: keep what clears the Marchenko-Pastur edge
         mp = [Edit("mp", best_edits[0].type, best_edits[0].layer)]
-        baselines = sweeper(val, "val", "baselines.jsonl")  # kept out of results.jsonl, which selection reads
+        baselines = sweeper("val", "baselines.jsonl")  # kept out of results.jsonl, which selection reads
         result["mp"] = _summary(mp, baselines.evaluate(mp), on_test.evaluate(mp), primary)
     if args.compose:
-        on_compose = sweeper(val, "val", "composed.jsonl")
-        on_compose.store.rows.update(on_val.store.rows)  # single edits are already known
+        on_compose = sweeper("val", "composed.jsonl")
         stack, row = compose(on_compose, rows, base, primary, log=lambda m: print(m, file=sys.stderr))
         result["composed"] = _summary(stack, row, on_test.evaluate(stack), primary)
     (run_dir / "best.json").write_text(json.dumps(result, indent=2) + "\n")
