@@ -12,9 +12,9 @@ import time
 import torch
 
 from laserlm import load_model
-from laserlm.evaluate import Prepared
-from laserlm.scoring import Scorer
-from laserlm.tasks import load_task
+from laserlm.evaluation.evaluate import Prepared
+from laserlm.evaluation.scoring import Scorer
+from laserlm.evaluation.tasks import load_task
 
 
 def one_by_one(model, tok, examples):

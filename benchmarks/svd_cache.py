@@ -8,7 +8,7 @@ import tempfile
 import time
 
 from laserlm import get_layout, load_model
-from laserlm.svd import SVDCache
+from laserlm.core.svd import SVDCache
 
 
 def main():

@@ -13,13 +13,13 @@ import tempfile
 import time
 
 from laserlm import get_layout, load_model
-from laserlm.edits import parse_layers, edited
-from laserlm.evaluate import Prepared
-from laserlm.scoring import Scorer
-from laserlm.search import Sweeper, grid
-from laserlm.store import ResultStore
-from laserlm.svd import SVDCache
-from laserlm.tasks import load_task
+from laserlm.core.edits import parse_layers, edited
+from laserlm.evaluation.evaluate import Prepared
+from laserlm.evaluation.scoring import Scorer
+from laserlm.search.sweep import Sweeper, grid
+from laserlm.search.store import ResultStore
+from laserlm.core.svd import SVDCache
+from laserlm.evaluation.tasks import load_task
 
 
 def main():

@@ -68,7 +68,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets the same throwaway cache root, never ~/.cache; demo conversion happens once."""
     root = tmp_path_factory.getbasetemp() / "laserlm-cache"
     monkeypatch.setenv("LASERLM_CACHE", str(root))
-    import laserlm.svd as svd
+    import laserlm.core.svd as svd
 
     monkeypatch.setattr(svd, "_default", None)
 

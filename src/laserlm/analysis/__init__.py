@@ -1,0 +1,1 @@
+"""The paper's analyses, and the report and plots of a search run."""

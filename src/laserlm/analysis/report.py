@@ -1,0 +1,134 @@
+"""report.md and the paper's Figure-2-style plots, regenerated from a run folder's files alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..core.edits import Edit
+from ..search.store import MANIFEST, ResultStore
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _amount_label(e: dict) -> str:
+    a = e["amount"]
+    label = "" if a is None else (a if isinstance(a, str) else f"ρ={a:g}")
+    return label if e["method"] == "svd" else f"{e['method']} {label}".strip()
+
+
+def plot(rows: list[dict], base: dict | None, metric: str, path: Path, title: str) -> None:
+    """Metric against layer: one panel per type, one line per amount, the base model dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    singles = [r for r in rows if len(r["edits"]) == 1 and metric in r["metrics"]]
+    types = sorted({r["edits"][0]["type"] for r in singles})
+    if not types:
+        return
+    fig, axes = plt.subplots(1, len(types), figsize=(5 * len(types), 3.8), squeeze=False, sharey=True)
+    for ax, t in zip(axes[0], types):
+        lines: dict[str, list] = {}
+        for r in singles:
+            e = r["edits"][0]
+            if e["type"] == t:
+                lines.setdefault(_amount_label(e), []).append((e["layer"], r["metrics"][metric]))
+        for label, pts in sorted(lines.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+        if base is not None and metric in base["metrics"]:
+            ax.axhline(base["metrics"][metric], ls="--", color="black", label="base")
+        ax.set_title(t)
+        ax.set_xlabel("layer")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Rewrite report.md and the PNG plots from results.jsonl (and best.json, run.json if present)."""
+    run_dir = Path(run_dir)
+    rows = list(ResultStore(run_dir / "results.jsonl").rows.values())
+    manifest = json.loads((run_dir / MANIFEST).read_text()) if (run_dir / MANIFEST).exists() else {}
+    best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").exists() else None
+    metric = (best or {}).get("metric") or manifest.get("metric") or "top1"
+    base = next((r for r in rows if not r["edits"]), None)
+    singles = sorted((r for r in rows if len(r["edits"]) == 1),
+                     key=lambda r: (-r["metrics"].get(metric, 0), r["metrics"].get("logloss", 0)))
+    task = manifest.get("task", "?")
+    model = (manifest.get("model") or {}).get("model", "?")
+    lines = [f"# LASER search: {model} on {task}", ""]
+    lines += [f"Primary metric: `{metric}` (ties broken by lower `logloss`). "
+              f"Val rows: {manifest.get('val_rows', {}).get('n', '?')}, test rows: "
+              f"{manifest.get('test_rows', {}).get('n', '?')}, split seed {manifest.get('split_seed', '?')}.", ""]
+    if best:
+        lines += ["| | edits | val | test |", "|---|---|---|---|"]
+        for name in ("base", "best", "mp", "composed"):
+            if name in best:
+                b = best[name]
+                edits = ", ".join(f"`{Edit.from_json(e)}`" for e in b.get("edits", [])) or "(none)"
+                lines.append(f"| {name} | {edits} | {_fmt(b['val'])} | {_fmt(b['test'])} |")
+        lines.append("")
+    lines += ["## Top 10 candidates (val)", "", f"| edit | {metric} | logloss | n |", "|---|---|---|---|"]
+    for r in singles[:10]:
+        lines.append(f"| `{Edit.from_json(r['edits'][0])}` | {_fmt(r['metrics'].get(metric))} | "
+                     f"{_fmt(r['metrics'].get('logloss'))} | {r['n']} |")
+    if base:
+        lines.append(f"| base | {_fmt(base['metrics'].get(metric))} | {_fmt(base['metrics'].get('logloss'))} | {base['n']} |")
+    lines += ["", "## Grid", ""]
+    for key in ("types", "layers", "amounts", "methods"):
+        if key in manifest:
+            lines.append(f"- {key}: {', '.join(manifest[key])}")
+    lines.append(f"- candidates evaluated: {len(singles)}")
+    lines += ["", "## Plots", ""]
+    for m in (metric, "logloss"):
+        name = f"plot_{m}.png"
+        plot(rows, base, m, run_dir / name, f"{model} on {task}: val {m} against layer")
+        if (run_dir / name).exists():
+            lines.append(f"![{m}]({name})")
+    lines += _analysis_sections(run_dir)
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _analysis_sections(run_dir: Path) -> list[str]:
+    """A section per `laser analyze ... -o RUN_DIR` table found in the folder."""
+    lines = []
+    for path in sorted(run_dir.glob("analysis_*.json")):
+        name = path.stem.removeprefix("analysis_")
+        t = json.loads(path.read_text())
+        lines += ["", f"## Analysis: {name}", ""]
+        if name == "flips":
+            c = t["counts"]
+            lines.append(f"{t['split']}, n={t['n']}: both right {c['both_right']}, corrected {c['corrected']}, "
+                         f"newly wrong {c['newly_wrong']}, both wrong {c['both_wrong']}. Generic words among the "
+                         f"base model's predictions on corrected rows: "
+                         f"{100 * t['generic_share_of_base_predictions_on_corrected']:.1f}%.")
+        elif name == "perplexity":
+            lines.append(f"Perplexity {t['before']:.3f} -> {t['after']:.3f} ({100 * t['change']:+.2f}%) over "
+                         f"{t['tokens']} tokens of {t['text']}.")
+        elif name == "spectrum":
+            lines += ["| type | layer | shape | effective rank |", "|---|---|---|---|"]
+            lines += [f"| {r['type']} | {r['layer']} | {'x'.join(map(str, r['shape']))} | {r['effective_rank']:.1f} |"
+                      for r in t]
+        elif name == "curve":
+            lines.append(f"{t['type']}:{t['layer']}: {json.dumps(t['landmarks'])}")
+            lines.append(f"![curve](curve_{t['type']}_{t['layer']}.png)")
+        elif name == "components":
+            lines += ["| prompt | answer | top | bottom |", "|---|---|---|---|"]
+            lines += [f"| {r['prompt'][:60]} | {r['answer']} | {r['top']!r} | {r['bottom']!r} |" for r in t["corrected"][:20]]
+        for png in ("flips", "perplexity", "effective_rank", "components"):
+            if name in png and (run_dir / f"{png}.png").exists():
+                lines.append(f"![{png}]({png}.png)")
+    return lines

@@ -1,0 +1,107 @@
+"""Options and helpers shared by the subcommands. Heavy imports (torch, transformers) happen inside functions."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import UserError
+
+SVD_HELP = (
+    "exact: torch.linalg.svd once per matrix, cached on disk by content hash (default). "
+    "randomized: torch.svd_lowrank with k+10 oversampling and 4 power iterations, not cached on disk; "
+    "faster on very large matrices, but approximate: the rank-k result's error exceeds the optimal "
+    "sigma_(k+1) by a factor that is usually within a few percent and grows when the spectrum decays "
+    "slowly (Halko, Martinsson & Tropp 2011); results vary with the random seed. Only for svd edits."
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors become one line and exit code 2, like every other bad input."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32, width=100)
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="hub id, local HF folder, .gguf file, or 'demo'")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="weights dtype (default float32); SVDs are computed in float32 or better anyway")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--revision", help="hub revision (branch, tag or commit) for hub ids")
+    p.add_argument("--device-map", metavar="MAP",
+                   help="'auto' spreads a model larger than one device over GPUs and CPU (accelerate); "
+                        "each SVD runs on its matrix's own device")
+    p.add_argument("--module-pattern", action="append", metavar="[TYPE=]PATTERN",
+                   help="address matrices by module name, e.g. 'fc1=blocks.{layer}.mlp.fc1' "
+                        "(repeatable; TYPE defaults to the last name component)")
+
+
+def add_edit_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("-e", "--edit", action="append", required=required, default=[], metavar="EDIT",
+                   help="[METHOD/]TYPE:LAYER:AMOUNT, repeatable. METHOD: svd (default), bottom, prune, zero, mp. "
+                        "TYPE: mlp_in, mlp_up, mlp_out, attn_q, attn_k, attn_v, attn_qkv, attn_o, or a group "
+                        "mlp, attn, all. LAYER: 7, 20-27, 3,5,9 or all. AMOUNT: rho in (0,1] (rank kept = "
+                        "max(1, floor(rho*min(m,n)))) or k=K")
+    add_svd_args(p)
+
+
+def add_svd_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--svd", choices=["exact", "randomized"], default="exact", help=SVD_HELP)
+    p.add_argument("--no-svd-cache", action="store_true", help="do not read or write the on-disk SVD cache")
+
+
+def load_from_args(args):
+    from ..models.loading import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
+                      device_map=args.device_map)
+
+
+def svd_cache_from_args(args):
+    from ..core.svd import SVDCache, default_cache, set_default_cache
+
+    if args.svd == "exact" and not args.no_svd_cache:
+        return default_cache()
+    cache = SVDCache(disk=None if args.no_svd_cache or args.svd == "randomized" else "default", mode=args.svd)
+    set_default_cache(cache)
+    return cache
+
+
+def add_task_args(p, required: bool) -> None:
+    from ..evaluation.tasks import BUILTINS
+
+    table = "\n".join(f"  {n:16s} {b.kind:6s} {b.source}" for n, b in BUILTINS.items())
+    p.description = f"{p.description}\n\nbuilt-in tasks (prompt forms in the README):\n{table}"
+    p.add_argument("-t", "--task", metavar="TASK", required=required,
+                   help="a built-in task (listed above) or a .jsonl/.json/.csv file of cloze or choice rows")
+    p.add_argument("--data", metavar="PATH", help="a local copy of a built-in task's data, in its hub schema")
+    p.add_argument("--split-seed", type=int, default=0, metavar="S",
+                   help="seed of the deterministic 80/20 test/val split of rows without a 'split' (default 0)")
+    p.add_argument("--limit", type=int, metavar="N", help="use only the first N rows of the split")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="sequences per batch (default: automatic, by a token budget of 8192 on CPU, 65536 on GPU)")
+
+
+def scorer_for(loaded, args):
+    from ..evaluation.scoring import Scorer
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
+    return Scorer(loaded.model, loaded.tokenizer, batch_size=args.batch_size)
+
+
+def print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("metric", "value")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(title)
+    console.print(table)

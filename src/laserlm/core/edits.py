@@ -1,0 +1,203 @@
+"""Edits as plain data, parsed from `[METHOD/]TYPE:LAYER:AMOUNT`, applied reversibly to a model."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Union
+
+import torch
+from torch import nn
+
+from .layout import Layout, Target, get_layout, is_matrix_module
+from ..errors import UserError
+from .methods import get_method, rank_for, Reduced
+from .svd import SVDCache, default_cache
+
+Amount = Union[float, str, None]  # rho, "k=K", or None for methods that take no amount
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One method applied to one matrix: hashable, printable, and saved as EDIT_OBJ JSON."""
+
+    method: str
+    type: str
+    layer: int
+    amount: Amount = None
+
+    def __str__(self) -> str:
+        prefix = "" if self.method == "svd" else f"{self.method}/"
+        tail = "" if self.amount is None else f":{_fmt_amount(self.amount)}"
+        return f"{prefix}{self.type}:{self.layer}{tail}"
+
+    def to_json(self) -> dict:
+        return {"method": self.method, "type": self.type, "layer": self.layer, "amount": self.amount}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Edit":
+        return cls(obj.get("method", "svd"), obj["type"], int(obj["layer"]), obj.get("amount"))
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    """A parsed EDIT before it meets a model: the type may be a group, the layers a range or `all`."""
+
+    method: str
+    type: str
+    layers: tuple[int, ...] | None  # None means all layers
+    amount: Amount
+
+    def resolve(self, layout: Layout) -> list[Edit]:
+        layers = range(layout.n_layers) if self.layers is None else self.layers
+        return [Edit(self.method, t, i, self.amount) for i in layers for t in layout.expand_types(self.type)]
+
+
+def _fmt_amount(amount: Amount) -> str:
+    return amount if isinstance(amount, str) else format(amount, "g")
+
+
+_EDIT_RE = re.compile(r"^(?:(?P<method>\w+)/)?(?P<type>[\w.]+):(?P<layers>[\d,\-]+|all)(?::(?P<amount>.+))?$")
+EDIT_HELP = "EDIT is [METHOD/]TYPE:LAYER:AMOUNT, e.g. mlp_in:27:0.01, mlp_out:20-27:k=8, zero/mlp_out:5"
+
+
+def parse_layers(text: str, edit: str) -> tuple[int, ...] | None:
+    if text == "all":
+        return None
+    layers: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
+            raise UserError(f"bad layer {text!r} in edit {edit!r}: use 7, 20-27, 3,5,9 or all")
+        if dash and int(hi) < int(lo):
+            raise UserError(f"bad layer range {part!r} in edit {edit!r}: write it low-high")
+        layers.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+    return tuple(layers)
+
+
+def parse_amount(text: str | None, method: str, edit: str) -> Amount:
+    kind = get_method(method).amount
+    if kind == "none":
+        return None
+    if text is None:
+        raise UserError(f"edit {edit!r} needs an amount: a fraction rho in (0, 1] or k=K")
+    if m := re.fullmatch(r"k=(\d+)", text):
+        if kind != "rank":
+            raise UserError(f"method {method} takes a fraction rho in (0, 1], not {text!r}, in edit {edit!r}")
+        if int(m.group(1)) < 1:
+            raise UserError(f"rank {text!r} in edit {edit!r} must be at least 1")
+        return f"k={int(m.group(1))}"
+    try:
+        rho = float(text)
+    except ValueError:
+        raise UserError(f"bad amount {text!r} in edit {edit!r}: use a fraction rho in (0, 1] or k=K") from None
+    if not 0 < rho <= 1:
+        raise UserError(f"amount {text!r} in edit {edit!r} is outside (0, 1]: rho is the fraction of rank kept")
+    return rho
+
+
+def parse_edit(text: str) -> EditSpec:
+    """Parse one EDIT string; raises UserError naming what is wrong."""
+    m = _EDIT_RE.match(text.strip())
+    if not m:
+        raise UserError(f"malformed edit {text!r}: {EDIT_HELP}")
+    method = m.group("method") or "svd"
+    get_method(method)
+    return EditSpec(method, m.group("type"), parse_layers(m.group("layers"), text),
+                    parse_amount(m.group("amount"), method, text))
+
+
+EditLike = Union[str, Edit, EditSpec, dict]
+
+
+def resolve_edits(edits: Iterable[EditLike], layout: Layout) -> list[Edit]:
+    """Strings, specs, JSON objects or Edits to concrete Edits for this model."""
+    out: list[Edit] = []
+    for e in edits:
+        if isinstance(e, str):
+            e = parse_edit(e)
+        if isinstance(e, dict):
+            e = Edit.from_json(e)
+        out.extend(e.resolve(layout) if isinstance(e, EditSpec) else [e])
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """A validated edit bound to its module; `k` is the rank kept, for rank methods."""
+
+    edit: Edit
+    target: Target
+    k: int | None
+
+    def reduce(self, cache: SVDCache) -> Reduced:
+        method = get_method(self.edit.method)
+        weight = self.target.weight
+        arg = self.k if method.amount == "rank" else self.edit.amount
+        svd = cache.get(weight, self.k) if method.needs_svd else None
+        return method.fn(weight, arg, svd)
+
+
+def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = None) -> list[Step]:
+    """Check every edit against the model before any weight is touched."""
+    layout = layout or get_layout(model)
+    steps, seen = [], {}
+    for edit in resolve_edits(edits, layout):
+        target = layout.target(edit.type, edit.layer)
+        if not is_matrix_module(target.module):
+            raise UserError(f"{edit} names {target.name}, which is not a Linear/Conv1D matrix")
+        if target.name in seen:
+            raise UserError(f"edits {seen[target.name]} and {edit} both change {target.name}: keep one")
+        seen[target.name] = edit
+        k = rank_for(edit.amount, target.shape) if get_method(edit.method).amount == "rank" else None
+        steps.append(Step(edit, target, k))
+    return steps
+
+
+def _swap_in(steps: list[Step], cache: SVDCache, saved: list) -> None:
+    for step in steps:
+        param = step.target.weight
+        new = step.reduce(cache).matrix().to(dtype=param.dtype, device=param.device)
+        saved.append((param, param.data))
+        # Rebinding .data keeps the Parameter object (hooks, tying, optimizers see the same one)
+        # and keeps the original tensor untouched, so restoring it is bit-exact and copy-free.
+        param.data = new
+
+
+@contextmanager
+def edited(
+    model: nn.Module,
+    edits: Iterable[EditLike],
+    *,
+    layout: Layout | None = None,
+    svd_cache: SVDCache | None = None,
+) -> Iterator[list[Step]]:
+    """Apply edits for the duration of a `with` block; every original weight comes back bit-exact.
+
+    >>> with edited(model, ["mlp_in:27:0.01", "mlp_out:20-27:k=8"]) as steps:
+    ...     logits = model(input_ids).logits
+    """
+    steps = plan(model, edits, layout)
+    saved: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            _swap_in(steps, svd_cache or default_cache(), saved)
+        yield steps
+    finally:
+        for param, data in reversed(saved):
+            param.data = data
+
+
+def apply_edits(
+    model: nn.Module,
+    edits: Iterable[EditLike],
+    *,
+    layout: Layout | None = None,
+    svd_cache: SVDCache | None = None,
+) -> list[Step]:
+    """Apply edits permanently (e.g. before saving); returns the validated steps."""
+    steps = plan(model, edits, layout)
+    with torch.no_grad():
+        _swap_in(steps, svd_cache or default_cache(), [])
+    return steps

@@ -1,0 +1,159 @@
+"""Evaluate a model on task rows: requests -> batched scoring -> per-example records -> metrics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+from .metrics import Metric, choose_metrics
+from .scoring import (Request, Scorer, causal_request, encode_continuation, encode_prompt, masked_request,
+                      max_positions)
+from .tasks import Example
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    records: list[dict]
+    n: int
+
+
+def _request(scorer: Scorer, prompt_ids, cont_ids, topk: bool, key: tuple) -> Request:
+    if scorer.mlm:
+        return masked_request(scorer.tokenizer, prompt_ids, cont_ids, topk, key)
+    return causal_request(prompt_ids, cont_ids, topk, key, max_positions(scorer.model))
+
+
+def build_requests(scorer: Scorer, examples: list[Example], paraphrases: bool) -> tuple[list[Request], dict]:
+    """Requests for every example, and the encodings the records need (answer first tokens)."""
+    tok = scorer.tokenizer
+    requests: list[Request] = []
+    first_tokens: dict[int, set[int]] = {}
+    for i, ex in enumerate(examples):
+        prompt_ids = encode_prompt(tok, ex.prompt)
+        if ex.kind == "choice":
+            for c, choice in enumerate(ex.choices):
+                requests.append(_request(scorer, prompt_ids, encode_continuation(tok, choice), False, (i, "choice", c)))
+            continue
+        answers = [encode_continuation(tok, " " + a) for a in ex.answers]
+        first_tokens[i] = {a[0] for a in answers}
+        requests.append(_request(scorer, prompt_ids, answers[0], True, (i, "main", 0)))
+        if paraphrases:
+            for p, text in enumerate(ex.paraphrases):
+                requests.append(_request(scorer, encode_prompt(tok, text), answers[0][:1], True, (i, "para", p)))
+    return requests, first_tokens
+
+
+def records_from(examples: list[Example], requests: list[Request], results, first_tokens: dict) -> list[dict]:
+    by_example: dict[int, list] = {}
+    for req, res in zip(requests, results):
+        by_example.setdefault(req.key[0], []).append((req.key, res))
+    records = []
+    for i, ex in enumerate(examples):
+        rec: dict = {"index": ex.index}
+        items = by_example[i]
+        if ex.kind == "choice":
+            scores = [sum(res.logprobs) for key, res in sorted(items, key=lambda kr: kr[0][2])]
+            best = max(range(len(scores)), key=lambda c: (scores[c], -c))  # first index on ties
+            rec.update(scores=scores, pred=best, acc=best == ex.label,
+                       logloss=-(scores[ex.label] - torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0).item()))
+        else:
+            firsts = first_tokens[i]
+            main = next(res for key, res in items if key[1] == "main")
+            rec.update(top1=main.top[0] in firsts, top10=bool(firsts & set(main.top[:10])),
+                       nll=-sum(main.logprobs) / len(main.logprobs), pred_token=main.top[0])
+            paras = [res.top[0] in firsts for key, res in items if key[1] == "para"]
+            if paras:
+                rec["para_top1"] = paras
+            rec["robust"] = rec["top1"] and all(paras)
+        records.append(rec)
+    return records
+
+
+@torch.inference_mode()
+def generate_records(scorer: Scorer, examples: list[Example], records: list[dict], max_new_tokens: int) -> None:
+    """gen01: greedy generation; only the generated tokens are decoded, never the prompt."""
+    if scorer.mlm:
+        raise UserError("gen01 needs a causal LM; masked LMs do not generate")
+    tok, model = scorer.tokenizer, scorer.model
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        step = scorer.batch_size or 32
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
+        for start in range(0, len(order), step):
+            idx = order[start:start + step]
+            enc = tok([examples[i].prompt for i in idx], return_tensors="pt", padding=True).to(scorer.device)
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=scorer.pad_id, num_beams=1)
+            for row, i in enumerate(idx):
+                text = tok.decode(out[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                records[i]["generation"] = text
+                records[i]["gen01"] = any(a.lower() in text.lower() for a in examples[i].answers)
+    finally:
+        tok.padding_side = old_side
+
+
+class Prepared:
+    """Examples encoded and packed once, to be scored many times (once per edit candidate)."""
+
+    def __init__(self, scorer: Scorer, examples: list[Example], metrics: list[Metric] | None = None,
+                 gen_tokens: int = 10):
+        if scorer.tokenizer is None:
+            raise UserError("this model has no tokenizer: evaluation needs one next to the weights")
+        self.scorer, self.examples, self.gen_tokens = scorer, examples, gen_tokens
+        kind = examples[0].kind
+        self.metrics = metrics or choose_metrics(kind, None, any(ex.paraphrases for ex in examples))
+        self.needs = {m.needs for m in self.metrics}
+        self.requests, self.firsts = build_requests(scorer, examples, "paraphrases" in self.needs)
+        self.batches = scorer.batches(self.requests)
+
+    def score(self, context=None, progress=None) -> Evaluation:
+        """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay)."""
+        results = self.scorer.run(self.requests, progress, self.batches, context)
+        records = records_from(self.examples, self.requests, results, self.firsts)
+        if "generate" in self.needs:
+            generate_records(self.scorer, self.examples, records, self.gen_tokens)
+        return Evaluation({m.name: m.fn(records) for m in self.metrics}, records, len(self.examples))
+
+
+def evaluate(
+    scorer: Scorer,
+    examples: list[Example],
+    metrics: list[Metric] | None = None,
+    *,
+    gen_tokens: int = 10,
+    progress=None,
+) -> Evaluation:
+    """Score `examples` with the scorer's model as it is now (apply edits around this call)."""
+    return Prepared(scorer, examples, metrics, gen_tokens).score(progress=progress)
+
+
+@torch.inference_mode()
+def perplexity(scorer: Scorer, text: str, window: int = 1024, stride: int = 512) -> dict:
+    """Sliding-window perplexity (stride 512): each token is scored once, with up to `window` of context."""
+    if scorer.mlm:
+        raise UserError("perplexity needs a causal LM")
+    ids = scorer.tokenizer(text, return_tensors="pt")["input_ids"][0].tolist()
+    window = min(window, max_positions(scorer.model) or window)
+    if len(ids) < 2:
+        raise UserError("the text is too short for perplexity: it needs at least two tokens")
+    if stride > window:
+        raise UserError(f"--stride {stride} exceeds the window {window}")
+    nll, count, prev_end = 0.0, 0, 0
+    for begin in range(0, len(ids), stride):
+        end = min(begin + window, len(ids))
+        chunk = ids[begin:end]
+        new = end - max(prev_end, begin + 1)  # tokens not yet scored (the very first has no context)
+        first = len(chunk) - new
+        req = Request(chunk, [(j - 1, chunk[j]) for j in range(first, len(chunk))])
+        res = scorer.run([req])[0]
+        nll -= sum(res.logprobs)
+        count += len(res.logprobs)
+        prev_end = end
+        if end == len(ids):
+            break
+    return {"perplexity": math.exp(nll / count), "nll": nll / count, "tokens": count}

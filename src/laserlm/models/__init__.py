@@ -1,0 +1,1 @@
+"""Loading MODEL (hub, folder, .gguf, demo), dense or factorized export, LowRankLinear."""

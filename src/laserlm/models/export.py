@@ -1,0 +1,98 @@
+"""Write an edited model as an HF folder: dense (plain transformers loads it) or factorized."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from .._version import __version__
+from ..core.layout import Layout, get_layout
+from ..core.edits import EditLike, plan
+from ..errors import UserError
+from .factorized import FACTORS, RECIPE, LowRankLinear, factor_tensors, replace_module, worth_factorizing
+from .loading import Loaded
+from ..core.svd import SVDCache, default_cache
+
+
+def export(
+    loaded: Loaded,
+    edits: list[EditLike],
+    out_dir: str | Path,
+    *,
+    factorized: bool = False,
+    layout: Layout | None = None,
+    svd_cache: SVDCache | None = None,
+) -> dict:
+    """Bake `edits` into `loaded.model` (in place) and save it with laser_recipe.json and a model card."""
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"output folder {out} is not empty: choose a new -o folder or empty it")
+    model = loaded.model
+    layout = layout or get_layout(model)
+    steps = plan(model, edits, layout)
+    cache = svd_cache or default_cache()
+    stored: dict[str, dict] = {}
+    lowrank: dict[str, LowRankLinear] = {}
+    with torch.no_grad():
+        for step in steps:
+            reduced = step.reduce(cache)
+            module = step.target.module
+            if factorized and reduced.left is not None and worth_factorizing(step.target.shape, reduced.rank):
+                lowrank[step.target.name] = LowRankLinear.from_reduced(module, reduced)
+                stored[step.target.name] = {
+                    "rank": reduced.rank,
+                    "shape": list(step.target.shape),
+                    "bias": getattr(module, "bias", None) is not None,
+                }
+            else:
+                module.weight.data = reduced.matrix().to(module.weight.dtype)
+    out.mkdir(parents=True, exist_ok=True)
+    # The factorized matrices stay out of model.safetensors: their factors go to a file of our own.
+    dropped = {f"{name}.weight" for name in lowrank}
+    model.save_pretrained(out, state_dict={k: v for k, v in model.state_dict().items() if k not in dropped})
+    factors: dict[str, torch.Tensor] = {}
+    for name, module in lowrank.items():
+        replace_module(model, name, module)
+        factors.update(factor_tensors(name, module))
+    if factors:
+        save_file(factors, out / FACTORS)
+    if loaded.tokenizer is not None:
+        loaded.tokenizer.save_pretrained(out)
+    recipe = {
+        "source": loaded.identity,
+        "edits": [s.edit.to_json() for s in steps],
+        "ranks": {s.target.name: s.k for s in steps if s.k is not None},
+        "factorized": stored,
+        "laserlm_version": __version__,
+    }
+    (out / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
+    (out / "README.md").write_text(_model_card(loaded, steps, bool(stored)))
+    return recipe
+
+
+def _model_card(loaded: Loaded, steps, factorized: bool) -> str:
+    lines = [
+        "---",
+        "tags: [laser, rank-reduction, laserlm]",
+        "---",
+        f"# {Path(loaded.spec).name if loaded.kind != 'hub' else loaded.spec} with LASER edits",
+        "",
+        f"Made by `laserlm` {__version__} from `{loaded.spec}` by LAyer-SElective Rank reduction "
+        "(Sharma, Ash & Misra, 2023). No training and no data were used.",
+        "",
+        "| edit | module | rank kept |",
+        "|---|---|---|",
+    ]
+    lines += [f"| `{s.edit}` | `{s.target.name}` | {s.k if s.k is not None else '-'} |" for s in steps]
+    lines.append("")
+    if factorized:
+        lines.append(
+            "The reduced matrices are stored as low-rank factors: load this folder with "
+            "`laserlm.load_model(path)` or `laser eval path`; plain transformers cannot read them."
+        )
+    else:
+        lines.append("Load it with `AutoModelForCausalLM.from_pretrained(path)` (or the masked-LM class).")
+    return "\n".join(lines) + "\n"

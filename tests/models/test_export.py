@@ -1,0 +1,64 @@
+"""Saved folders reload with plain transformers (dense) or laserlm (factorized) with the same logits."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import transformers as tf
+
+from laserlm import load_model
+from laserlm.core.edits import edited
+from laserlm.models.export import export
+from laserlm.models.factorized import LowRankLinear
+from laserlm.models.loading import Loaded
+
+from conftest import MLM, build_tiny, tiny_inputs
+
+EDITS = ["mlp:all:0.1", "attn_o:1:k=2"]
+
+
+def _folder_size(path):
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _plain_loader(arch):
+    return tf.AutoModelForMaskedLM if arch in MLM else tf.AutoModelForCausalLM
+
+
+def test_dense_folder_reloads_with_plain_transformers(tmp_path, arch):
+    model = build_tiny(arch)
+    x = tiny_inputs()
+    with edited(model, EDITS):
+        expected = model(x).logits
+    recipe = export(Loaded(model, None, "tiny", "folder", {"model": "tiny"}), EDITS, tmp_path / "dense")
+    reloaded = _plain_loader(arch).from_pretrained(tmp_path / "dense").eval()
+    assert torch.equal(reloaded(x).logits, expected)
+    saved = json.loads((tmp_path / "dense" / "laser_recipe.json").read_text())
+    assert saved == json.loads(json.dumps(recipe))
+    assert saved["edits"][0] == {"method": "svd", "type": "mlp_in", "layer": 0, "amount": 0.1}
+    assert "mlp_in:0:0.1" in (tmp_path / "dense" / "README.md").read_text()
+
+
+def test_factorized_folder_is_smaller_and_matches(tmp_path, arch):
+    x = tiny_inputs()
+    dense_model, fact_model = build_tiny(arch), build_tiny(arch)
+    export(Loaded(dense_model, None, "tiny", "folder"), EDITS, tmp_path / "dense")
+    recipe = export(Loaded(fact_model, None, "tiny", "folder"), EDITS, tmp_path / "fact", factorized=True)
+    assert recipe["factorized"], "nothing was factorized"
+    assert _folder_size(tmp_path / "fact") < _folder_size(tmp_path / "dense")
+    dense = load_model(str(tmp_path / "dense")).model
+    fact = load_model(str(tmp_path / "fact"))
+    assert fact.recipe["factorized"]
+    lowrank = [m for m in fact.model.modules() if isinstance(m, LowRankLinear)]
+    assert len(lowrank) == len(recipe["factorized"])
+    assert all(m.rank == 3 for m in lowrank if m.out_features == 64 or m.in_features == 64)
+    diff = (fact.model(x).logits - dense(x).logits).abs().max().item()
+    assert diff <= 1e-4
+
+
+def test_factorized_skips_matrices_where_factors_are_not_smaller(tmp_path):
+    model = build_tiny("llama")
+    recipe = export(Loaded(model, None, "tiny", "folder"), ["mlp_in:0:1.0", "mlp_out:0:k=2"], tmp_path / "f",
+                    factorized=True)
+    assert list(recipe["factorized"]) == ["model.layers.0.mlp.down_proj"]

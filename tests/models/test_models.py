@@ -1,0 +1,45 @@
+"""Model loading: local folders, .gguf files (the demo model is a real one), identities."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from laserlm import UserError, get_layout, load_model
+from laserlm.models.loading import demo_path
+
+
+@pytest.mark.parametrize("arch", ["llama", "roberta"])
+def test_folder_loads_with_the_right_head(tiny_folder, arch):
+    loaded = load_model(str(tiny_folder))
+    expected = "LlamaForCausalLM" if arch == "llama" else "RobertaForMaskedLM"
+    assert type(loaded.model).__name__ == expected
+    assert loaded.kind == "folder" and loaded.tokenizer is None
+    assert load_model(str(tiny_folder)).identity == loaded.identity
+
+
+@pytest.mark.parametrize("arch", ["llama"])
+def test_dtype_is_kept(tiny_folder, arch):
+    model = load_model(str(tiny_folder), dtype="bfloat16").model
+    assert next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(UserError, match="unknown --dtype"):
+        load_model(str(tiny_folder), dtype="float8")
+
+
+def test_demo_gguf_loads_through_the_conversion_cache():
+    """The demo is a real Q4_1 GGUF file; our cached HF folder must match transformers' own GGUF load."""
+    from transformers import AutoModelForCausalLM
+
+    loaded = load_model("demo")
+    layout = get_layout(loaded.model)
+    assert layout.n_layers == 30 and layout.source == "table"
+    assert layout.target("mlp_in", 29).shape == (1536, 576)
+    ids = loaded.tokenizer("The capital of France is", return_tensors="pt")
+    path = demo_path()
+    direct = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        ours, theirs = loaded.model(**ids).logits, direct(**ids).logits
+    assert torch.equal(ours, theirs)
+    assert loaded.tokenizer.decode(ours[0, -1].argmax()) == " Paris"
+    again = load_model("demo")
+    assert again.identity == loaded.identity and again.identity["kind"] == "demo"

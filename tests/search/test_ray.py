@@ -1,0 +1,105 @@
+"""The Ray backend: same results as local; a killed worker's candidates run elsewhere, exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+import transformers as tf
+
+from laserlm.cli.main import main
+
+from conftest import cloze_rows, tiny_tokenizer
+
+ray = pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def deep_tiny(tmp_path):
+    """Eight layers, so the sweep has eight layer groups to spread over workers."""
+    import torch
+
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=8, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=97, max_position_embeddings=64)
+    folder = tmp_path / "deep"
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    task = tmp_path / "rows.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in cloze_rows(600, seed=5)))
+    return folder, task
+
+
+def _search(folder, task, out, *extra):
+    return main(["search", str(folder), "-t", str(task), "--types", "mlp_in,mlp_out", "--layers", *extra,
+                 "--no-svd-cache", "-o", str(out)])
+
+
+def _metrics(out):
+    return {json.loads(line)["key"]: json.loads(line)["metrics"] for line in (out / "results.jsonl").read_text().splitlines()}
+
+
+def test_ray_and_local_give_identical_results(ray_session, deep_tiny, tmp_path):
+    import torch
+
+    folder, task = deep_tiny
+    args = ("2-7", "--rhos", "0.5")  # 12 candidates
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in each Ray worker: one reduction order everywhere, so the same bits
+    try:
+        assert _search(folder, task, tmp_path / "local", *args) == 0
+        assert _search(folder, task, tmp_path / "ray", *args, "--backend", "ray", "--workers", "2") == 0
+    finally:
+        torch.set_num_threads(threads)
+    local, remote = _metrics(tmp_path / "local"), _metrics(tmp_path / "ray")
+    assert len(local) == 13 and local == remote
+    best = [json.loads((tmp_path / d / "best.json").read_text()) for d in ("local", "ray")]
+    assert best[0] == best[1]
+
+
+def test_a_killed_worker_is_replaced_and_nothing_is_lost(ray_session, deep_tiny, tmp_path):
+    folder, task = deep_tiny
+    killed = []
+
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                if any("SweepWorker" in part for part in (p.info["cmdline"] or [])):
+                    time.sleep(0.5)  # let it start work first
+                    os.kill(p.info["pid"], signal.SIGKILL)
+                    killed.append(p.info["pid"])
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=killer)
+    watcher.start()
+    code = _search(folder, task, tmp_path / "run", "all", "--rhos", "0.9,0.5,0.2,k=1", "--backend", "ray",
+                   "--workers", "2")
+    watcher.join()
+    assert killed, "no worker was seen to kill"
+    assert code == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    edits = [json.dumps(r["edits"]) for r in rows]
+    assert len(edits) == len(set(edits)) == 1 + 8 * 2 * 4
+
+
+def test_without_ray_the_backend_explains_how_to_install(tiny_with_tokenizer, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    task = tmp_path / "t.jsonl"
+    task.write_text('{"prompt": "the cat", "answer": "sat"}\n')
+    assert main(["search", str(tiny_with_tokenizer), "-t", str(task), "--backend", "ray", "-o", str(tmp_path / "o")]) == 2
+    assert "pip install 'laserlm[ray]'" in capsys.readouterr().err

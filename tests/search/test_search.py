@@ -1,0 +1,167 @@
+"""The sweep: prefix-cached candidates equal plain full forwards; kill -9 and resume; run-folder rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from laserlm import get_layout
+from laserlm.cli.main import main
+from laserlm.core.edits import Edit, edited
+from laserlm.evaluation.evaluate import Prepared
+from laserlm.evaluation.scoring import Scorer
+from laserlm.search.sweep import Sweeper, best_row, compose, grid
+from laserlm.search.store import ResultStore
+from laserlm.core.svd import SVDCache
+from laserlm.evaluation.tasks import Example
+
+from conftest import ARCHS, MLM, build_tiny, cloze_rows, tiny_tokenizer
+
+
+def _examples(n=24):
+    return [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(n)]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefix_cached_sweep_equals_plain_full_forwards(arch, tmp_path):
+    model, tok = build_tiny(arch), tiny_tokenizer(masked=arch in MLM)
+    layout = get_layout(model)
+    types = [t for t in ("mlp_in", "mlp_out", "attn_o", "attn_qkv", "attn_v") if t in layout.types][:3]
+    cands = grid(types, range(3), [0.5, "k=1"], ["svd"]) + grid(["mlp_out"], [1, 2], [0.3], ["prune", "zero"])
+    prepared = Prepared(Scorer(model, tok, max_tokens=64), _examples())
+    sweeper = Sweeper(model, layout, prepared, ResultStore(tmp_path / "r.jsonl"), {"m": arch}, "val", SVDCache(disk=None))
+    sweeper.sweep(cands)
+    assert len(sweeper.store.rows) == 1 + len(cands)  # the base row comes with the sweep
+    assert sweeper.done([])["metrics"] == prepared.score().metrics
+    for c in cands:
+        with edited(model, [c], svd_cache=SVDCache(disk=None)):
+            plain = prepared.score().metrics
+        fast = sweeper.done([c])["metrics"]
+        assert fast["top1"] == plain["top1"] and fast["top10"] == plain["top10"], c
+        assert fast["logloss"] == pytest.approx(plain["logloss"], abs=1e-6), c
+
+
+def _row(edit, top1, loss):
+    return {"edits": [edit.to_json()] if edit else [], "metrics": {"top1": top1, "logloss": loss}}
+
+
+def test_best_is_primary_then_logloss():
+    rows = [_row(Edit("svd", "mlp_in", 1, 0.5), 0.4, 2.0), _row(Edit("svd", "mlp_in", 2, 0.5), 0.5, 3.0),
+            _row(Edit("svd", "mlp_out", 2, 0.1), 0.5, 2.5), _row(None, 0.9, 1.0)]
+    assert best_row(rows, "top1")["edits"][0]["type"] == "mlp_out"
+
+
+class _StubSweeper:
+    """Stacks score the sum of their edits' gains: compose's choices can be checked by hand."""
+
+    def __init__(self, gains):
+        self.gains, self.calls = gains, []
+
+    def evaluate(self, edits):
+        self.calls.append([str(e) for e in edits])
+        return {"metrics": {"top1": 0.5 + sum(self.gains[e.layer] for e in edits), "logloss": 1.0}}
+
+
+def test_compose_orders_layers_by_gain_and_keeps_improvements():
+    gains = {0: 0.02, 1: -0.05, 2: 0.10, 3: 0.0}
+    rows = [_row(Edit("svd", "mlp_in", layer, 0.1), 0.5 + g, 1.0) for layer, g in gains.items()]
+    rows.append(_row(Edit("svd", "mlp_out", 2, 0.1), 0.55, 1.0))  # worse than mlp_in at layer 2
+    stub = _StubSweeper(gains)
+    stack, row = compose(stub, rows, {"metrics": {"top1": 0.5, "logloss": 1.0}}, "top1")
+    assert [str(e) for e in stack] == ["mlp_in:2:0.1", "mlp_in:0:0.1"]
+    assert row["metrics"]["top1"] == pytest.approx(0.62)
+    # layer 2 (best gain) is taken from its row, then 0, 3 and 1 are each tried on top of the stack
+    assert stub.calls == [["mlp_in:2:0.1", "mlp_in:0:0.1"], ["mlp_in:2:0.1", "mlp_in:0:0.1", "mlp_in:3:0.1"],
+                          ["mlp_in:2:0.1", "mlp_in:0:0.1", "mlp_in:1:0.1"]]
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in cloze_rows(1500, seed=3)))
+    return path
+
+
+def _search_argv(folder, task, out, *extra):
+    return ["search", str(folder), "-t", str(task), "--types", "mlp_in,mlp_out,attn_o", "--layers", "all",
+            "--rhos", "0.9,0.6,0.3,0.1,k=2,k=1", "--no-svd-cache", "-o", str(out), *extra]
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_with_tokenizer, task_file, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert main(_search_argv(tiny_with_tokenizer, task_file, full)) == 0
+    cmd = [sys.executable, "-m", "laserlm", *_search_argv(tiny_with_tokenizer, task_file, killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    results = killed / "results.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if results.exists() and results.read_text().count("\n") >= 4:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"
+    n_before = len(_rows(results))
+    assert 4 <= n_before < len(_rows(full / "results.jsonl"))
+    with open(results, "a") as f:
+        f.write('{"key": "torn", "edits": [{"meth')  # what a kill in the middle of a write leaves
+    assert main(_search_argv(tiny_with_tokenizer, task_file, killed)) == 0
+    a, b = _rows(full / "results.jsonl"), _rows(killed / "results.jsonl")
+    assert len({r["key"] for r in b}) == len(b) == len(a) == 1 + 3 * 3 * 6
+    assert {r["key"]: r["metrics"] for r in a} == {r["key"]: r["metrics"] for r in b}
+    best_a, best_b = (json.loads((d / "best.json").read_text()) for d in (full, killed))
+    assert best_a == best_b
+
+
+def test_run_folder_refuses_other_runs_and_extends_grids(tiny_with_tokenizer, task_file, tmp_path, capsys):
+    out = tmp_path / "run"
+
+    def argv(task=task_file, layers="1-2", rhos="0.5", *extra):
+        return ["search", str(tiny_with_tokenizer), "-t", str(task), "--layers", layers, "--rhos", rhos,
+                "--limit", "40", "--no-svd-cache", "-o", str(out), *extra]
+
+    assert main(argv()) == 0
+    assert len(_rows(out / "results.jsonl")) == 1 + 2 * 2
+    assert main(argv(task_file, "1-2", "0.5", "--split-seed", "7")) == 2
+    assert "holds a run for another split_seed (0, now 7)" in capsys.readouterr().err
+    other = tmp_path / "other.jsonl"
+    other.write_text(task_file.read_text().replace("the", "a"))
+    assert main(argv(other)) == 2
+    assert "holds a run for another task" in capsys.readouterr().err
+    assert main(argv(task_file, "0-2", "0.5,0.2", "--compose")) == 0
+    rows = _rows(out / "results.jsonl")
+    assert len(rows) == 1 + 3 * 2 * 2 and len({r["key"] for r in rows}) == len(rows)
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["layers"] == ["0", "1", "2"] and manifest["amounts"] == ["0.2", "0.5"]
+    best = json.loads((out / "best.json").read_text())
+    assert set(best) == {"metric", "base", "best", "mp", "composed"} and best["metric"] == "top1"
+    assert best["mp"]["edits"][0]["method"] == "mp" and best["mp"]["edits"][0]["layer"] == best["best"]["edits"][0]["layer"]
+    assert best["best"]["val"] == max(r["metrics"]["top1"] for r in rows)
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "Top 10 candidates" in report and (out / "plot_top1.png").stat().st_size > 1000
+
+
+def test_layers_split_into_contiguous_chunks_of_equal_cost():
+    from laserlm.search.ray_backend import contiguous_chunks
+
+    layers = list(range(22, 30))
+    cost = {layer: 4 * (30 - layer) for layer in layers}  # 4 candidates, 30 - l blocks each
+    assert contiguous_chunks(layers, cost, 2) == [[22, 23, 24], [25, 26, 27, 28, 29]]  # 84 and 60 blocks
+    for n in (2, 3, 4):
+        chunks = contiguous_chunks(layers, cost, n)
+        assert [x for c in chunks for x in c] == layers and len(chunks) <= n
+        assert all(sum(cost[x] for x in c) <= sum(cost.values()) / n + max(cost.values()) for c in chunks)
+    assert contiguous_chunks([5], {5: 1.0}, 4) == [[5]]
+    assert len(contiguous_chunks(layers, cost, 20)) == len(layers)
