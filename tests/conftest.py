@@ -32,6 +32,17 @@ TINY_CONFIGS = {
     "bert": lambda: tf.BertConfig(**_ENCODER),
 }
 ARCHS = list(TINY_CONFIGS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need CUDA; `slow` ones run only with LASERLM_SLOW=1, so CI stays within its time."""
+    no_cuda = not torch.cuda.is_available()
+    slow_off = os.environ.get("LASERLM_SLOW") != "1"
+    for item in items:
+        if no_cuda and "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+        if slow_off and "slow" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="slow: set LASERLM_SLOW=1"))
 MLM = {"roberta", "bert"}
 
 

@@ -146,7 +146,7 @@ def test_laser_eval_writes_the_contract_json(tiny_with_tokenizer, tmp_path, caps
     (["-t", "nope"], "unknown task 'nope'"),
     (["-t", "bb_wikidata", "--metrics", "acc"], "metric acc is for choice tasks"),
     (["-t", "bb_wikidata", "--metrics", "bleu"], "unknown metric 'bleu'"),
-    (["-t", "bb_wikidata", "--limit", "0"], "--limit must be at least 1"),
+    (["-t", "bb_wikidata", "--limit", "0"], "--limit: must be at least 1"),
     ([], "name a task with -t TASK"),
 ])
 def test_laser_eval_bad_input(tiny_with_tokenizer, capsys, argv, message):

@@ -58,7 +58,7 @@ def plot(rows: list[dict], base: dict | None, metric: str, path: Path, title: st
 def write_report(run_dir: str | Path) -> Path:
     """Rewrite report.md and the PNG plots from results.jsonl (and best.json, run.json if present)."""
     run_dir = Path(run_dir)
-    rows = list(ResultStore(run_dir / "results.jsonl").rows.values())
+    rows = list(ResultStore(run_dir / "results.jsonl", read_only=True).rows.values())
     manifest = json.loads((run_dir / MANIFEST).read_text()) if (run_dir / MANIFEST).exists() else {}
     best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").exists() else None
     metric = (best or {}).get("metric") or manifest.get("metric") or "top1"

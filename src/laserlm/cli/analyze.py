@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (Parser, add_edit_args, add_model_args, add_svd_args, add_task_args, formatter, load_from_args,
-                      scorer_for, svd_cache_from_args)
+from .options import (Parser, add_batch_args, add_edit_args, add_model_args, add_svd_args, add_task_args, formatter,
+                      load_from_args, output_dir, output_file, positive_int, read_text, scorer_for, svd_cache_from_args)
 
 DEFAULT_TEXT = "declaration_of_independence.txt"
 
@@ -87,7 +87,7 @@ def run_perplexity(args) -> int:
     from ..core.edits import edited, plan
     from ..evaluation.evaluate import perplexity
 
-    text = (Path(args.text).read_text(encoding="utf-8") if args.text
+    text = (read_text(args.text, "--text") if args.text
             else (resources.files("laserlm") / "data" / DEFAULT_TEXT).read_text(encoding="utf-8"))
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
@@ -255,16 +255,16 @@ def _reg_perplexity(q):
     add_model_args(q)
     add_edit_args(q, required=True)
     q.add_argument("--text", metavar="FILE", help=f"text file (default: the bundled {DEFAULT_TEXT})")
-    q.add_argument("--window", type=int, default=1024, help="context window in tokens (default 1024)")
-    q.add_argument("--stride", type=int, default=512, help="sliding-window stride (default 512)")
-    q.add_argument("--batch-size", type=int, help="sequences per batch (default automatic)")
+    q.add_argument("--window", type=positive_int, default=1024, help="context window in tokens (default 1024)")
+    q.add_argument("--stride", type=positive_int, default=512, help="sliding-window stride (default 512)")
+    add_batch_args(q)
 
 
 def _reg_flips(q):
     q.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by laser search")
     q.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    q.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    q.add_argument("--batch-size", type=int, help="sequences per batch (default automatic)")
+    q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: CUDA when available (default auto)")
+    add_batch_args(q)
     add_svd_args(q)
     _split_and_show(q, ("val", "test"))
 
@@ -304,6 +304,15 @@ EXAMPLES = {
 }
 
 
+def _checked(run):
+    def checked(args) -> int:  # output paths are refused before any work, not after it
+        output_file(args.json, "--json")
+        output_dir(args.output)
+        return run(args)
+
+    return checked
+
+
 def register_analyze(p) -> None:
     sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True, parser_class=Parser)
     for name, (run, register, summary) in COMMANDS.items():
@@ -314,7 +323,7 @@ def register_analyze(p) -> None:
         q.add_argument("-o", "--output", metavar="DIR",
                        help="folder for the table and plot; give a search's RUN_DIR to add a section to its "
                             "report (default: RUN_DIR for flips, else ./analysis)")
-        q.set_defaults(run=run)
+        q.set_defaults(run=_checked(run))
 
 
 EXAMPLE = """laser analyze spectrum demo --json spectrum.json

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .options import add_edit_args, add_model_args, load_from_args, svd_cache_from_args
+from .options import add_edit_args, add_model_args, load_from_args, output_dir, svd_cache_from_args
 
 
 def _folder_size(path: Path) -> int:
@@ -24,6 +24,7 @@ def run_apply(args) -> int:
     from ..core.layout import get_layout
     from ..models.export import export
 
+    output_dir(args.output)
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_edit_args, add_model_args, add_task_args, load_from_args, print_metrics, scorer_for,
-                      svd_cache_from_args)
+from .options import (add_edit_args, add_model_args, add_task_args, load_from_args, output_file, positive_int,
+                      print_metrics, read_text, scorer_for, svd_cache_from_args)
 
 
 def run_eval(args) -> int:
@@ -23,11 +23,15 @@ def run_eval(args) -> int:
 
     if not args.task and not args.text:
         raise UserError("name a task with -t TASK, or a text file with --text FILE for perplexity")
+    output_file(args.json, "--json")
+    output_file(args.predictions, "--predictions")
+    if args.stride > args.window:
+        raise UserError(f"--stride {args.stride} exceeds --window {args.window}: the windows would skip tokens")
+    text = read_text(args.text, "--text") if args.text else None
     task = load_task(args.task, args.data) if args.task else None
     examples = task.select(args.split, args.split_seed, args.limit) if task else None
     names = [m for m in (args.metrics or "").split(",") if m]
     metrics = choose_metrics(task.kind, names, any(e.paraphrases for e in examples)) if task else None
-    text = Path(args.text).read_text(encoding="utf-8") if args.text else None
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)
@@ -71,10 +75,10 @@ def register_eval(p):
     p.add_argument("--metrics", metavar="M1,M2",
                    help="metrics to compute (default: all that apply except gen01): "
                         + "; ".join(f"{m.name}: {m.help}" for m in METRICS.values()))
-    p.add_argument("--gen-tokens", type=int, default=10, metavar="N", help="tokens generated for gen01 (default 10)")
+    p.add_argument("--gen-tokens", type=positive_int, default=10, metavar="N", help="tokens generated for gen01 (default 10)")
     p.add_argument("--text", metavar="FILE", help="also (or only) measure perplexity on this text file")
-    p.add_argument("--window", type=int, default=1024, help="perplexity context window in tokens (default 1024)")
-    p.add_argument("--stride", type=int, default=512, help="perplexity sliding-window stride (default 512)")
+    p.add_argument("--window", type=positive_int, default=1024, help="perplexity context window in tokens (default 1024)")
+    p.add_argument("--stride", type=positive_int, default=512, help="perplexity sliding-window stride (default 512)")
     p.add_argument("--json", metavar="FILE", help="write {model, task, split, n, edits, metrics} as JSON")
     p.add_argument("--predictions", metavar="FILE", help="write one JSON line per example with its scores")
     p.set_defaults(run=run_eval)

@@ -12,8 +12,52 @@ SVD_HELP = (
     "randomized: torch.svd_lowrank with k+10 oversampling and 4 power iterations, not cached on disk; "
     "faster on very large matrices, but approximate: the rank-k result's error exceeds the optimal "
     "sigma_(k+1) by a factor that is usually within a few percent and grows when the spectrum decays "
-    "slowly (Halko, Martinsson & Tropp 2011); results vary with the random seed. Only for svd edits."
+    "slowly (Halko, Martinsson & Tropp 2011); results vary with the random seed. Only svd edits use it: "
+    "bottom, mp and the analyses need the whole spectrum and always take the exact SVD."
 )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (argparse turns the error into one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def output_file(path: str | None, flag: str) -> None:
+    """Refuse, before any work, an output file that could not be written at the end."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a folder: name a file")
+    if not p.parent.is_dir():
+        raise UserError(f"{flag} {path}: the folder {p.parent} does not exist; create it first")
+
+
+def read_text(path: str, flag: str) -> str:
+    from pathlib import Path
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{flag} {path} is not UTF-8 text (byte {e.start}): convert it first") from None
+
+
+def output_dir(path: str | None, flag: str = "-o") -> None:
+    from pathlib import Path
+
+    if path is not None and Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {path} is an existing file: name a folder")
 
 
 class Parser(argparse.ArgumentParser):
@@ -31,7 +75,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="hub id, local HF folder, .gguf file, or 'demo'")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="weights dtype (default float32); SVDs are computed in float32 or better anyway")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: CUDA when available (default auto)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) for hub ids")
     p.add_argument("--device-map", metavar="MAP",
                    help="'auto' spreads a model larger than one device over GPUs and CPU (accelerate); "
@@ -53,6 +97,9 @@ def add_edit_args(p: argparse.ArgumentParser, required: bool) -> None:
 def add_svd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--svd", choices=["exact", "randomized"], default="exact", help=SVD_HELP)
     p.add_argument("--no-svd-cache", action="store_true", help="do not read or write the on-disk SVD cache")
+    p.add_argument("--svd-cache-gb", type=float, metavar="GB",
+                   help="bound the on-disk SVD cache, evicting the least recently used entries "
+                        "(default $LASERLM_SVD_CACHE_GB, else unbounded)")
 
 
 def load_from_args(args):
@@ -65,9 +112,13 @@ def load_from_args(args):
 def svd_cache_from_args(args):
     from ..core.svd import SVDCache, default_cache, set_default_cache
 
-    if args.svd == "exact" and not args.no_svd_cache:
+    gb = getattr(args, "svd_cache_gb", None)
+    if gb is not None and gb <= 0:
+        raise UserError(f"--svd-cache-gb must be positive, not {gb}")
+    if args.svd == "exact" and not args.no_svd_cache and gb is None:
         return default_cache()
-    cache = SVDCache(disk=None if args.no_svd_cache or args.svd == "randomized" else "default", mode=args.svd)
+    cache = SVDCache(disk=None if args.no_svd_cache else "default", mode=args.svd,
+                     disk_max_bytes=None if gb is None else int(gb * (1 << 30)))
     set_default_cache(cache)
     return cache
 
@@ -82,17 +133,22 @@ def add_task_args(p, required: bool) -> None:
     p.add_argument("--data", metavar="PATH", help="a local copy of a built-in task's data, in its hub schema")
     p.add_argument("--split-seed", type=int, default=0, metavar="S",
                    help="seed of the deterministic 80/20 test/val split of rows without a 'split' (default 0)")
-    p.add_argument("--limit", type=int, metavar="N", help="use only the first N rows of the split")
-    p.add_argument("--batch-size", type=int, metavar="N",
-                   help="sequences per batch (default: automatic, by a token budget of 8192 on CPU, 65536 on GPU)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N rows of the split")
+    add_batch_args(p)
+
+
+def add_batch_args(p) -> None:
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help="sequences per batch (default: automatic, by the --max-tokens budget)")
+    p.add_argument("--max-tokens", type=positive_int, metavar="N",
+                   help="tokens per batch, padding included (default 8192 on CPU, 65536 on GPU); lower it if "
+                        "the activations of one batch do not fit")
 
 
 def scorer_for(loaded, args):
     from ..evaluation.scoring import Scorer
 
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, not {args.batch_size}")
-    return Scorer(loaded.model, loaded.tokenizer, batch_size=args.batch_size)
+    return Scorer(loaded.model, loaded.tokenizer, batch_size=args.batch_size, max_tokens=args.max_tokens)
 
 
 def print_metrics(title: str, metrics: dict[str, float]) -> None:

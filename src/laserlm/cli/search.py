@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .options import add_model_args, add_svd_args, add_task_args, load_from_args, scorer_for, svd_cache_from_args
+from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, positive_int, scorer_for,
+                      svd_cache_from_args)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
 laser search demo -t bb_wikidata --layers 15-29 --compose -o runs/wiki-full
@@ -49,6 +50,11 @@ def _check_backend(args) -> None:
         raise UserError(f"--workers must be at least 1, not {args.workers}")
 
 
+def _absolute(path: str | None) -> str | None:
+    """Workers may run elsewhere: a path that exists here travels as an absolute path."""
+    return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
+
+
 def _sweep(args, on_val, candidates, layout, bar) -> None:
     if args.backend == "local":
         on_val.sweep(candidates, on_done=lambda row: bar.update(1))
@@ -56,12 +62,13 @@ def _sweep(args, on_val, candidates, layout, bar) -> None:
     from ..search.ray_backend import WorkerSpec, ray_sweep
 
     on_val.sweep([])  # the base model, here on the driver
-    spec = WorkerSpec(model=args.model, task=args.task, context=on_val.context, dtype=args.dtype,
-                      device="cuda" if args.gpus_per_worker else "cpu", revision=args.revision,
-                      module_patterns=args.module_pattern, data=args.data, split_seed=args.split_seed,
-                      limit=args.limit, batch_size=args.batch_size, svd=args.svd, svd_disk=not args.no_svd_cache)
+    spec = WorkerSpec(model=_absolute(args.model), task=_absolute(args.task), task_identity=on_val.context["task"],
+                      dtype=args.dtype, device=args.device, revision=args.revision,
+                      module_patterns=args.module_pattern, data=_absolute(args.data), split_seed=args.split_seed,
+                      limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens, svd=args.svd,
+                      svd_disk=not args.no_svd_cache)
     pending = [c for c in candidates if on_val.done([c]) is None]
-    ray_sweep(spec, pending, on_val.store, layout.n_layers, workers=args.workers,
+    ray_sweep(spec, pending, on_val.store, layout.n_layers, context=on_val.context, workers=args.workers,
               gpus_per_worker=args.gpus_per_worker or 0.0, address=args.ray_address,
               on_done=lambda row: bar.update(1))
 
@@ -79,6 +86,7 @@ def run_search(args) -> int:
     from ..evaluation.tasks import load_task
 
     _check_backend(args)
+    output_dir(args.output)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     amounts = parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
     task = load_task(args.task, args.data)
@@ -96,9 +104,14 @@ def run_search(args) -> int:
     candidates = grid(types, layers, amounts, methods)
 
     run_dir = Path(args.output)
+    # What a stored number depends on besides the edits: a rerun that differs in any of these is refused.
+    # With Ray GPU workers the candidates run on CUDA (unless --device cpu), whatever this driver has.
+    ray_gpus = args.backend == "ray" and args.gpus_per_worker and args.device != "cpu"
+    device = "cuda" if ray_gpus else _device_type(loaded.model)
+    numerics = {"dtype": args.dtype, "svd": args.svd, "device": device}
     manifest = {"model": loaded.identity, "task": _task_identity(args), "split_seed": args.split_seed,
                 "val_rows": {"n": len(val), "hash": rows_hash(val)},
-                "test_rows": {"n": len(test), "hash": rows_hash(test)}, "metric": primary}
+                "test_rows": {"n": len(test), "hash": rows_hash(test)}, "metric": primary, **numerics}
     check_manifest(run_dir, manifest, {"types": types, "layers": layers, "amounts": amounts, "methods": methods},
                    {"args": {"model": args.model, "task": args.task, "data": args.data, "limit": args.limit,
                              "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern}})
@@ -108,7 +121,7 @@ def run_search(args) -> int:
 
     def sweeper(split, store_name):
         rows, digest = prepared[split]
-        context = {"model": loaded.identity, "task": manifest["task"], "rows": digest}
+        context = {"model": loaded.identity, "task": manifest["task"], "rows": digest, **numerics}
         return Sweeper(loaded.model, layout, rows, ResultStore(run_dir / store_name), context, split, cache)
 
     t0 = time.perf_counter()
@@ -141,6 +154,13 @@ def run_search(args) -> int:
     return 0
 
 
+def _device_type(model) -> str:
+    """cpu, cuda, or 'map' for a model spread by a device map (its numbers match the single-device run's
+    up to the kernels of each device)."""
+    types = {p.device.type for p in model.parameters()} - {"meta"}
+    return types.pop() if len(types) == 1 else "map"
+
+
 def _summary(edits, val_row: dict, test_row: dict, primary: str) -> dict:
     return {"edits": [e.to_json() for e in edits], "val": val_row["metrics"].get(primary),
             "test": test_row["metrics"].get(primary), "val_metrics": val_row["metrics"],
@@ -168,7 +188,7 @@ def register_search(p):
     p.add_argument("--rhos", metavar="R1,R2",
                    help="amounts: fractions rho or k=K ranks (default the paper's 0.9,0.8,0.6,0.2,0.1,0.05,0.01)")
     p.add_argument("--methods", default="svd", help="edit methods to sweep, e.g. svd,prune (default svd)")
-    p.add_argument("--test-limit", type=int, metavar="N", help="rows of test to use (default: --limit)")
+    p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
     p.add_argument("--compose", action="store_true",
                    help="greedily stack each layer's best edit, layers ordered by val gain, while val improves")
     p.add_argument("--backend", choices=["local", "ray"], default="local",

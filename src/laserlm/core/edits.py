@@ -135,7 +135,8 @@ class Step:
         method = get_method(self.edit.method)
         weight = self.target.weight
         arg = self.k if method.amount == "rank" else self.edit.amount
-        svd = cache.get(weight, self.k) if method.needs_svd else None
+        # Only top-k methods may take a randomized SVD; the others read the whole spectrum.
+        svd = cache.get(weight, self.k if method.top_only else None) if method.needs_svd else None
         return method.fn(weight, arg, svd)
 
 
@@ -147,6 +148,9 @@ def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = No
         target = layout.target(edit.type, edit.layer)
         if not is_matrix_module(target.module):
             raise UserError(f"{edit} names {target.name}, which is not a Linear/Conv1D matrix")
+        if target.weight.device.type == "meta":
+            raise UserError(f"{edit} names {target.name}, which the device map offloads (its weight is on the meta "
+                            "device): give --device-map more GPU or CPU memory so the layers you edit stay resident")
         if target.name in seen:
             raise UserError(f"edits {seen[target.name]} and {edit} both change {target.name}: keep one")
         seen[target.name] = edit
@@ -155,14 +159,39 @@ def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = No
     return steps
 
 
+def low_rank_factors(step: Step, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(up, down) of the same rank r as the factorized module of `step`, whose product is `matrix`.
+
+    An edit of a matrix stored as rank-r factors must stay within rank r to be stored in them: `svd`,
+    `bottom`, `mp` and `zero` do; a `prune` generally does not, and is refused.
+    """
+    module = step.target.module
+    r = module.rank
+    U, S, Vh = torch.linalg.svd(matrix.detach().float(), full_matrices=False)
+    if len(S) > r and S[r] > 1e-4 * max(S[0].item(), 1e-30):
+        raise UserError(f"{step.edit} on {step.target.name}, stored as rank-{r} factors, gives a matrix of rank "
+                        f"above {r}: apply it to the dense model instead")
+    root = S[:r].sqrt()
+    return U[:, :r] * root, root[:, None] * Vh[:r]
+
+
+def _rebind(param: torch.nn.Parameter, new: torch.Tensor, saved: list) -> None:
+    saved.append((param, param.data))
+    # Rebinding .data keeps the Parameter object (hooks, tying, optimizers see the same one)
+    # and keeps the original tensor untouched, so restoring it is bit-exact and copy-free.
+    param.data = new.to(dtype=param.dtype, device=param.device)
+
+
 def _swap_in(steps: list[Step], cache: SVDCache, saved: list) -> None:
     for step in steps:
-        param = step.target.weight
-        new = step.reduce(cache).matrix().to(dtype=param.dtype, device=param.device)
-        saved.append((param, param.data))
-        # Rebinding .data keeps the Parameter object (hooks, tying, optimizers see the same one)
-        # and keeps the original tensor untouched, so restoring it is bit-exact and copy-free.
-        param.data = new
+        matrix = step.reduce(cache).matrix()
+        module = step.target.module
+        if getattr(module, "is_low_rank", False):  # its `weight` is a product: write the factors
+            up, down = low_rank_factors(step, matrix)
+            _rebind(module.up.weight, up, saved)
+            _rebind(module.down.weight, down, saved)
+        else:
+            _rebind(step.target.weight, matrix, saved)
 
 
 @contextmanager

@@ -39,6 +39,8 @@ class Target:
     @property
     def shape(self) -> tuple[int, int]:
         """The shape as (out_features, in_features), whatever the storage layout."""
+        if getattr(self.module, "is_low_rank", False):
+            return (self.module.out_features, self.module.in_features)
         w = self.module.weight
         return (w.shape[1], w.shape[0]) if isinstance(self.module, Conv1D) else tuple(w.shape)
 
@@ -163,6 +165,11 @@ def _from_patterns(model: nn.Module, model_type: str, specs: list[str], modules:
         type_, _, pattern = spec.rpartition("=")
         if "{layer}" not in pattern:
             raise UserError(f"--module-pattern {spec!r} has no '{{layer}}' placeholder, e.g. 'blocks.{{layer}}.mlp.fc1'")
+        others = [m.group(0) for m in re.finditer(r"\{[^}]*\}?", pattern) if m.group(0) != "{layer}"]
+        if others or pattern.replace("{layer}", "").count("}"):
+            bad = others[0] if others else "}"
+            raise UserError(f"--module-pattern {spec!r} has {bad!r}: the only placeholder is {{layer}}, "
+                            "e.g. 'blocks.{layer}.mlp.fc1'")
         type_ = type_ or pattern.rsplit(".", 1)[-1]
         regex = re.compile(re.escape(pattern).replace(re.escape("{layer}"), r"(\d+)") + "$")
         layers = [int(m.group(1)) for name in modules if (m := regex.match(name))]

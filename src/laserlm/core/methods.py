@@ -38,14 +38,15 @@ class Method:
     amount: str  # "rank": rho or k=K -> rank k; "fraction": rho only; "none": ignored
     needs_svd: bool
     help: str
+    top_only: bool = False  # reads only the top-k components, so `--svd randomized` may serve it
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, amount: str, needs_svd: bool, help: str):
+def register_method(name: str, *, amount: str, needs_svd: bool, help: str, top_only: bool = False):
     def deco(fn):
-        METHODS[name] = Method(name, fn, amount, needs_svd, help)
+        METHODS[name] = Method(name, fn, amount, needs_svd, help, top_only)
         return fn
 
     return deco
@@ -76,7 +77,7 @@ def _factors(svd: SVD, idx: slice) -> Reduced:
     return Reduced(left=left, right=right, rank=len(root))
 
 
-@register_method("svd", amount="rank", needs_svd=True, help="keep the top-k singular components (LASER)")
+@register_method("svd", amount="rank", needs_svd=True, top_only=True, help="keep the top-k singular components (LASER)")
 def _svd(weight, k, svd: SVD) -> Reduced:
     return _factors(svd, slice(0, k))
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils.weak import WeakIdKeyDictionary
 
 RANDOMIZED_OVERSAMPLE = 10
 RANDOMIZED_NITER = 4
@@ -33,6 +35,32 @@ def weight_key(weight: torch.Tensor) -> str:
     h.update(f"{tuple(t.shape)}|{t.dtype}".encode())
     h.update(t.cpu().view(torch.uint8).numpy().data if t.numel() else b"")
     return h.hexdigest()
+
+
+class _KeyMemo:
+    """Each tensor is hashed once per version: a sweep asks for the same weight once per candidate.
+
+    A memo entry holds a weak reference to the tensor's storage (so its address cannot be reused while
+    the entry lives) and the tensor's version counter, which every in-place write through autograd's
+    view bumps. Rebinding `param.data` changes the storage, so it is seen too. (A write through
+    `param.data` itself bypasses the version counter; laserlm never does that.)
+    """
+
+    def __init__(self):
+        self._memo = WeakIdKeyDictionary()
+        self.hashed = 0
+
+    def __call__(self, weight: torch.Tensor) -> str:
+        storage = weight.untyped_storage()
+        stamp = (storage._cdata, weight.storage_offset(), tuple(weight.shape), tuple(weight.stride()),
+                 weight.dtype, weight._version)
+        entry = self._memo.get(weight)
+        if entry is not None and not entry[0].expired() and entry[1] == stamp:
+            return entry[2]
+        key = weight_key(weight)
+        self.hashed += 1
+        self._memo[weight] = (StorageWeakRef(storage), stamp, key)
+        return key
 
 
 @dataclass
@@ -58,40 +86,57 @@ def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
 class SVDCache:
     """Exact (or opt-in randomized) SVDs of weight matrices, keyed by content.
 
-    `disk=None` keeps the cache in memory only. `max_bytes` bounds the in-memory LRU.
+    `disk=None` keeps the cache in memory only. `max_bytes` bounds the in-memory LRU, which lives on the
+    CPU whatever the weights' device: only the decomposition in use is kept on the accelerator.
+    `disk_max_bytes` bounds the disk cache (least recently used entries go first); by default
+    `$LASERLM_SVD_CACHE_GB`, else unbounded.
     """
 
-    def __init__(self, disk: Path | str | None = "default", mode: str = "exact", max_bytes: int = 4 << 30):
+    def __init__(self, disk: Path | str | None = "default", mode: str = "exact", max_bytes: int = 4 << 30,
+                 disk_max_bytes: int | None = None):
         if mode not in ("exact", "randomized"):
             raise ValueError(f"unknown SVD mode {mode!r}")
         self.mode = mode
         self.disk = cache_root() / "svd" if disk == "default" else (Path(disk) if disk else None)
         self.max_bytes = max_bytes
+        self.disk_max_bytes = disk_max_bytes if disk_max_bytes is not None else _env_disk_bound()
         self._memory: OrderedDict[tuple, SVD] = OrderedDict()
         self._bytes = 0
+        self._hot: tuple[tuple, torch.device, SVD] | None = None  # the last decomposition, on its device
+        self.key_of = _KeyMemo()
         self.computed = 0  # decompositions actually computed, for tests and benchmarks
         self.disk_hits = 0
 
     def get(self, weight: torch.Tensor, k: int | None = None) -> SVD:
-        """The SVD of `weight` (at least its top `k` components in randomized mode), on its device."""
-        key = weight_key(weight)
-        mem_key = (key, None) if self.mode == "exact" else (key, k)
+        """The SVD of `weight`, on its device.
+
+        With `k=None` the decomposition is always exact and complete (spectra, `bottom`, `mp`). In
+        randomized mode a given `k` asks only for the top k components, computed by `svd_lowrank`.
+        """
+        key = self.key_of(weight)
+        randomized = self.mode == "randomized" and k is not None
+        mem_key = (key, k) if randomized else (key, None)
+        if self._hot is not None and self._hot[0] == mem_key and self._hot[1] == weight.device:
+            return self._hot[2]
         svd = self._memory.get(mem_key)
         if svd is None:
-            svd = self._load(key) if self.mode == "exact" else None
+            svd = None if randomized else self._load(key)
             if svd is None:
-                svd = self._compute(weight, k)
-                if self.mode == "exact":
+                svd = self._compute(weight, k if randomized else None)
+                if not randomized:
                     self._store(key, svd)
+            svd = svd.to("cpu")
             self._remember(mem_key, svd)
         else:
             self._memory.move_to_end(mem_key)
-        return svd.to(weight.device)
+        on_device = svd.to(weight.device)
+        self._hot = (mem_key, weight.device, on_device)
+        return on_device
 
     def _compute(self, weight: torch.Tensor, k: int | None) -> SVD:
         self.computed += 1
         w = weight.detach().to(_compute_dtype(weight))
-        if self.mode == "exact":
+        if k is None:
             U, S, Vh = torch.linalg.svd(w, full_matrices=False)
         else:
             q = min(min(w.shape), (k or 1) + RANDOMIZED_OVERSAMPLE)
@@ -114,10 +159,30 @@ class SVDCache:
             return None
         try:
             t = load_file(self._path(key))
+            os.utime(self._path(key))  # the disk bound evicts by last use
         except Exception:  # a corrupt entry is recomputed, never fatal
             return None
         self.disk_hits += 1
         return SVD(t["U"], t["S"], t["Vh"])
+
+    def _evict(self, keep: Path) -> None:
+        """Delete least recently used entries until the disk cache fits its bound (never `keep`)."""
+        if self.disk_max_bytes is None:
+            return
+        entries = []
+        for p in self.disk.glob("*/*.safetensors"):
+            try:
+                st = p.stat()
+            except OSError:  # removed by another process meanwhile
+                continue
+            entries.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in entries)
+        for _, size, p in sorted(entries, key=lambda e: e[0]):
+            if total <= self.disk_max_bytes:
+                break
+            if p != keep:
+                p.unlink(missing_ok=True)
+                total -= size
 
     def _store(self, key: str, svd: SVD) -> None:
         if self.disk is None:
@@ -131,8 +196,24 @@ class SVDCache:
             cpu = svd.to("cpu")
             save_file({"U": cpu.U, "S": cpu.S, "Vh": cpu.Vh}, tmp)
             os.replace(tmp, path)
+            self._evict(keep=path)
         except OSError:
             pass  # a read-only or full cache folder only costs speed
+
+
+def _env_disk_bound() -> int | None:
+    from ..errors import UserError
+
+    text = os.environ.get("LASERLM_SVD_CACHE_GB")
+    if not text:
+        return None
+    try:
+        gb = float(text)
+    except ValueError:
+        gb = -1.0
+    if gb <= 0:
+        raise UserError(f"LASERLM_SVD_CACHE_GB={text!r} is not a positive number of GB: unset it or give e.g. 50")
+    return int(gb * (1 << 30))
 
 
 _default: SVDCache | None = None

@@ -23,7 +23,7 @@ class Evaluation:
 
 def _request(scorer: Scorer, prompt_ids, cont_ids, topk: bool, key: tuple) -> Request:
     if scorer.mlm:
-        return masked_request(scorer.tokenizer, prompt_ids, cont_ids, topk, key)
+        return masked_request(scorer.tokenizer, prompt_ids, cont_ids, topk, key, max_positions(scorer.model))
     return causal_request(prompt_ids, cont_ids, topk, key, max_positions(scorer.model))
 
 
@@ -137,6 +137,10 @@ def perplexity(scorer: Scorer, text: str, window: int = 1024, stride: int = 512)
     """Sliding-window perplexity (stride 512): each token is scored once, with up to `window` of context."""
     if scorer.mlm:
         raise UserError("perplexity needs a causal LM")
+    if scorer.tokenizer is None:
+        raise UserError("this model has no tokenizer: perplexity needs one next to the weights")
+    if stride < 1 or window < 2:
+        raise UserError(f"perplexity needs --stride of at least 1 and --window of at least 2, not {stride} and {window}")
     ids = scorer.tokenizer(text, return_tensors="pt")["input_ids"][0].tolist()
     window = min(window, max_positions(scorer.model) or window)
     if len(ids) < 2:

@@ -19,7 +19,7 @@ from ..errors import UserError
 
 TOPK = 10
 PACK_RATIO = 0.85
-HEAD_ROWS = 1024  # rows gathered before a head pass: bounds the logits held to 1024 x vocab
+HEAD_ROWS = 1024  # rows per head pass: the float32 logits held at once are HEAD_ROWS x vocab (x2 with log_softmax)
 
 
 @dataclass
@@ -87,7 +87,11 @@ class Scorer:
 
     # -- model ----------------------------------------------------------------------------------
     def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        # use_cache=False: scoring never decodes, and a KV cache would hold K and V of every layer.
+        return self.model.base_model(input_ids=ids, attention_mask=mask, **no_cache(self.model)).last_hidden_state
+
+    def full_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=ids, attention_mask=mask, **no_cache(self.model)).logits
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -116,13 +120,7 @@ class Scorer:
         results: list[Result | None] = [None] * len(requests)
 
         def flush():
-            flat = torch.cat(gathered)
-            logits = self.head(flat).float() if self.fast else flat
-            logp = torch.log_softmax(logits, dim=-1)
-            offset = 0
-            for batch, reqs, where in pending:
-                self._collect(batch, reqs, where, logp[offset:offset + len(where)], results)
-                offset += len(where)
+            self._score_gathered(torch.cat(gathered), pending, results)
             pending.clear()
             gathered.clear()
 
@@ -141,7 +139,7 @@ class Scorer:
                 if self.fast:
                     gathered.append(self.hidden(ids, mask)[rows, cols])
                 else:
-                    gathered.append(self.model(input_ids=ids, attention_mask=mask).logits[rows, cols].float())
+                    gathered.append(self.full_logits(ids, mask)[rows, cols].float())
             pending.append((batch, reqs, where))
             if sum(len(g) for g in gathered) >= HEAD_ROWS:
                 flush()
@@ -151,21 +149,47 @@ class Scorer:
             flush()
         return results  # type: ignore[return-value]
 
-    @staticmethod
-    def _collect(batch, reqs, where, logp, results) -> None:
-        top_rows = [where[(row, r.topk_pos)] for row, r in enumerate(reqs) if r.topk_pos is not None]
-        tops = logp[top_rows].topk(min(TOPK, logp.shape[-1])).indices.tolist() if top_rows else []
-        tok_rows = [where[(row, p)] for row, r in enumerate(reqs) for p, _ in r.targets]
-        tok_ids = [t for r in reqs for _, t in r.targets]
-        picked = logp[tok_rows, tok_ids].tolist() if tok_rows else []
+    def _score_gathered(self, flat: torch.Tensor, pending, results) -> None:
+        """Head, log-softmax and picks over the gathered rows, HEAD_ROWS at a time: one batch of short rows
+        can gather thousands of positions, and their logits over a large vocabulary would not fit."""
+        tok_rows, tok_ids, top_rows = [], [], []
+        offset = 0
+        for _batch, reqs, where in pending:
+            for row, r in enumerate(reqs):
+                tok_rows += [offset + where[(row, p)] for p, _ in r.targets]
+                tok_ids += [t for _, t in r.targets]
+                if r.topk_pos is not None:
+                    top_rows.append(offset + where[(row, r.topk_pos)])
+            offset += len(where)
+        tok_rows_t = torch.tensor(tok_rows, dtype=torch.long)
+        tok_ids_t = torch.tensor(tok_ids, dtype=torch.long)
+        top_rows_t = torch.tensor(top_rows, dtype=torch.long)
+        picked = torch.empty(len(tok_rows), dtype=torch.float32)
+        tops = torch.empty((len(top_rows), 0), dtype=torch.long)
+        for start in range(0, len(flat), HEAD_ROWS):
+            end = min(start + HEAD_ROWS, len(flat))
+            logits = self.head(flat[start:end]).float() if self.fast else flat[start:end]
+            logp = torch.log_softmax(logits, dim=-1)
+            sel = (tok_rows_t >= start) & (tok_rows_t < end)
+            if sel.any():
+                idx = (tok_rows_t[sel] - start).to(logp.device)
+                picked[sel] = logp[idx, tok_ids_t[sel].to(logp.device)].cpu()
+            sel = (top_rows_t >= start) & (top_rows_t < end)
+            if sel.any():
+                top = logp[(top_rows_t[sel] - start).to(logp.device)].topk(min(TOPK, logp.shape[-1])).indices.cpu()
+                if tops.shape[1] == 0:
+                    tops = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
+                tops[sel] = top
+        picked_l, tops_l = picked.tolist(), tops.tolist()
         k = t = 0
-        for i, r in zip(batch, reqs):
-            res = Result(logprobs=picked[k:k + len(r.targets)])
-            k += len(r.targets)
-            if r.topk_pos is not None:
-                res.top = tops[t]
-                t += 1
-            results[i] = res
+        for batch, reqs, _where in pending:
+            for i, r in zip(batch, reqs):
+                res = Result(logprobs=picked_l[k:k + len(r.targets)])
+                k += len(r.targets)
+                if r.topk_pos is not None:
+                    res.top = tops_l[t]
+                    t += 1
+                results[i] = res
 
 
 # -- encoding ---------------------------------------------------------------------------------------
@@ -183,9 +207,19 @@ def encode_continuation(tokenizer, text: str) -> list[int]:
     return ids
 
 
+def no_cache(model: nn.Module) -> dict:
+    """`use_cache=False` for models that would otherwise build a KV cache in a plain forward."""
+    return {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
+
+
 def causal_request(prompt_ids: list[int], cont_ids: list[int], topk: bool, key: tuple, max_len: int | None) -> Request:
-    """Teacher forcing: the token at position p+j is scored by the logits at position p+j-1."""
+    """Teacher forcing: the token at position p+j is scored by the logits at position p+j-1.
+
+    Past the model's context, the prompt loses its start; a continuation that alone fills the context
+    keeps at least one prompt token and is scored on its first max_len - 1 tokens.
+    """
     if max_len is not None and len(prompt_ids) + len(cont_ids) > max_len:
+        cont_ids = cont_ids[:max_len - 1]
         prompt_ids = prompt_ids[len(prompt_ids) + len(cont_ids) - max_len:]  # keep the prompt's end
     p = len(prompt_ids)
     targets = [(p - 1 + j, t) for j, t in enumerate(cont_ids)]
@@ -193,18 +227,38 @@ def causal_request(prompt_ids: list[int], cont_ids: list[int], topk: bool, key: 
     return Request(prompt_ids + cont_ids[:-1], targets, p - 1 if topk else None, key)
 
 
-def masked_request(tokenizer, prompt_ids: list[int], cont_ids: list[int], topk: bool, key: tuple) -> Request:
-    """Masked LMs predict the continuation at mask tokens placed where it would go (before [SEP]/</s>)."""
+def masked_request(tokenizer, prompt_ids: list[int], cont_ids: list[int], topk: bool, key: tuple,
+                   max_len: int | None = None) -> Request:
+    """Masked LMs predict the continuation at mask tokens placed where it would go (before [SEP]/</s>).
+
+    Past `max_len` the prompt's text loses its start (its leading special tokens stay), as for causal
+    LMs: an index past the position embeddings would be a device assert on CUDA.
+    """
     special = tokenizer.get_special_tokens_mask(prompt_ids, already_has_special_tokens=True)
     tail = 0
     while tail < len(special) and special[len(special) - 1 - tail]:
         tail += 1
+    head = 0
+    while head < len(special) - tail and special[head]:
+        head += 1
+    if max_len is not None and len(prompt_ids) + len(cont_ids) > max_len:
+        cont_ids = cont_ids[:max(1, max_len - head - tail - 1)]
+        drop = len(prompt_ids) + len(cont_ids) - max_len
+        prompt_ids = prompt_ids[:head] + prompt_ids[head + drop:]
     cut = len(prompt_ids) - tail
     ids = prompt_ids[:cut] + [tokenizer.mask_token_id] * len(cont_ids) + prompt_ids[cut:]
     targets = [(cut + j, t) for j, t in enumerate(cont_ids)]
     return Request(ids, targets, cut if topk else None, key)
 
 
+# RoBERTa-style position ids start after the padding index, so padding_idx + 1 positions are never usable.
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl"}
+
+
 def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model's position embeddings can index."""
     config = model.config
-    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if n and getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        n -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return n

@@ -10,9 +10,10 @@ from safetensors.torch import save_file
 
 from .._version import __version__
 from ..core.layout import Layout, get_layout
-from ..core.edits import EditLike, plan
+from ..core.edits import EditLike, apply_edits, plan
 from ..errors import UserError
-from .factorized import FACTORS, RECIPE, LowRankLinear, factor_tensors, replace_module, worth_factorizing
+from .factorized import (FACTORS, RECIPE, LowRankLinear, dense_entries, factor_info, factor_tensors, replace_module,
+                         worth_factorizing)
 from .loading import Loaded
 from ..core.svd import SVDCache, default_cache
 
@@ -38,8 +39,11 @@ def export(
     lowrank: dict[str, LowRankLinear] = {}
     with torch.no_grad():
         for step in steps:
-            reduced = step.reduce(cache)
             module = step.target.module
+            if getattr(module, "is_low_rank", False):  # loaded from a --factorized folder: edit its factors
+                apply_edits(model, [step.edit], layout=layout, svd_cache=cache)
+                continue
+            reduced = step.reduce(cache)
             if factorized and reduced.left is not None and worth_factorizing(step.target.shape, reduced.rank):
                 lowrank[step.target.name] = LowRankLinear.from_reduced(module, reduced)
                 stored[step.target.name] = {
@@ -51,8 +55,17 @@ def export(
                 module.weight.data = reduced.matrix().to(module.weight.dtype)
     out.mkdir(parents=True, exist_ok=True)
     # The factorized matrices stay out of model.safetensors: their factors go to a file of our own.
-    dropped = {f"{name}.weight" for name in lowrank}
-    model.save_pretrained(out, state_dict={k: v for k, v in model.state_dict().items() if k not in dropped})
+    state = {k: v for k, v in model.state_dict().items() if k not in {f"{name}.weight" for name in lowrank}}
+    # Matrices already factorized (a --factorized folder edited again) keep their factors with
+    # --factorized, and are written back dense without it, never as stray down/up keys.
+    for name, module in model.named_modules():
+        if isinstance(module, LowRankLinear):
+            for key in ("down.weight", "up.weight", "up.bias"):
+                state.pop(f"{name}.{key}", None)
+            state.update(dense_entries(name, module, keep_factors=factorized))
+            if factorized:
+                lowrank[name], stored[name] = module, factor_info(module)
+    model.save_pretrained(out, state_dict=state)
     factors: dict[str, torch.Tensor] = {}
     for name, module in lowrank.items():
         replace_module(model, name, module)

@@ -25,9 +25,11 @@ class LowRankLinear(nn.Module):
 
     is_low_rank = True
 
-    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool, dtype=None, device=None):
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool, dtype=None, device=None,
+                 conv1d: bool = False):
         super().__init__()
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.conv1d = conv1d  # it replaces a GPT-2 Conv1D, whose dense weight is stored in x out
         self.down = nn.Linear(in_features, rank, bias=False, dtype=dtype, device=device)
         self.up = nn.Linear(rank, out_features, bias=bias, dtype=dtype, device=device)
 
@@ -47,7 +49,7 @@ class LowRankLinear(nn.Module):
         down, up = (reduced.left.mT, reduced.right.mT) if conv else (reduced.right, reduced.left)
         out_f, in_f = (w.shape[1], w.shape[0]) if conv else (w.shape[0], w.shape[1])
         bias = getattr(module, "bias", None)
-        new = cls(in_f, out_f, reduced.rank, bias is not None, dtype=w.dtype, device=w.device)
+        new = cls(in_f, out_f, reduced.rank, bias is not None, dtype=w.dtype, device=w.device, conv1d=conv)
         with torch.no_grad():
             new.down.weight.copy_(down)
             new.up.weight.copy_(up)
@@ -75,6 +77,22 @@ def factor_tensors(name: str, module: LowRankLinear) -> dict[str, torch.Tensor]:
     return {f"{name}.down": module.down.weight.detach().contiguous(), f"{name}.up": module.up.weight.detach().contiguous()}
 
 
+def dense_entries(name: str, module: LowRankLinear, keep_factors: bool) -> dict[str, torch.Tensor]:
+    """What model.safetensors holds for a factorized module: its bias, and its dense weight unless the
+    factors are stored beside it (in the layout transformers expects: Conv1D in x out)."""
+    out = {}
+    if module.up.bias is not None:
+        out[f"{name}.bias"] = module.up.bias.detach()
+    if not keep_factors:
+        w = (module.up.weight @ module.down.weight).detach()
+        out[f"{name}.weight"] = (w.T if module.conv1d else w).contiguous()
+    return out
+
+
+def factor_info(module: LowRankLinear) -> dict:
+    return {"rank": module.rank, "shape": [module.out_features, module.in_features], "bias": module.up.bias is not None}
+
+
 def attach_factors(model: nn.Module, folder: Path, recipe: dict) -> nn.Module:
     """Swap each factorized matrix of a freshly loaded model for its LowRankLinear.
 
@@ -88,7 +106,8 @@ def attach_factors(model: nn.Module, folder: Path, recipe: dict) -> nn.Module:
         old = model.get_submodule(name)
         w = old.weight
         out_f, in_f = info["shape"]
-        new = LowRankLinear(in_f, out_f, info["rank"], info["bias"], dtype=w.dtype, device=w.device)
+        new = LowRankLinear(in_f, out_f, info["rank"], info["bias"], dtype=w.dtype, device=w.device,
+                            conv1d=isinstance(old, Conv1D))
         with torch.no_grad():
             new.down.weight.copy_(factors[f"{name}.down"])
             new.up.weight.copy_(factors[f"{name}.up"])

@@ -46,11 +46,20 @@ def demo_path() -> Path:
 
 
 def resolve_device(device: str) -> str:
+    """'auto' is CUDA when there is one; anything else must name a device this machine has."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for, but no CUDA device is available: use --device cpu")
-    return device
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} was asked for, but no CUDA device is available: use --device cpu")
+        n = torch.cuda.device_count()
+        if device != "cuda" and int(device[5:]) >= n:
+            raise UserError(f"--device {device} does not exist: this machine has {n} CUDA device(s), "
+                            f"cuda:0 to cuda:{n - 1}")
+        return device
+    raise UserError(f"unknown --device {device!r}: use cpu, cuda, cuda:N or auto")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -139,7 +148,11 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: str, device_map):
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
-    config = AutoConfig.from_pretrained(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:  # json errors are ValueErrors
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{folder / 'config.json'} cannot be read ({reason}): fix or replace it") from None
     auto = _auto_class(config)
     recipe = read_recipe(folder)
     model = auto.from_pretrained(folder, dtype=dtype, device_map=device_map or device)
@@ -177,7 +190,7 @@ def load_model(
     spec: str,
     *,
     dtype: str = "float32",
-    device: str = "cpu",
+    device: str = "auto",
     device_map: str | None = None,
     revision: str | None = None,
 ) -> Loaded:

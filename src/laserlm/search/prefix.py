@@ -12,6 +12,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ..evaluation.scoring import no_cache
+
+_ABSENT = object()
+
 
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the states we want are in hand."""
@@ -34,7 +38,8 @@ class PrefixCache:
         handle = self.blocks[0].register_forward_hook(hook)
         try:
             with torch.inference_mode():
-                self.model.base_model(input_ids=torch.tensor([[1, 2]], device=next(self.model.parameters()).device))
+                ids = torch.tensor([[1, 2]], device=next(self.model.parameters()).device)
+                self.model.base_model(input_ids=ids, **no_cache(self.model))
         except _Stop:
             pass
         finally:
@@ -82,10 +87,16 @@ class PrefixCache:
             return out
 
         patched = list(self.blocks)[:layer]
+        # An instance attribute shadows the class's forward. One may already be there: accelerate's
+        # device-map hook *is* the instance's forward, so it is put back, never deleted.
+        saved = [block.__dict__.get("forward", _ABSENT) for block in patched]
         for block in patched:
-            block.forward = skip  # an instance attribute shadows the class's forward
+            block.forward = skip
         try:
             yield
         finally:
-            for block in patched:
-                del block.forward
+            for block, old in zip(patched, saved):
+                if old is _ABSENT:
+                    del block.forward
+                else:
+                    block.forward = old

@@ -4,8 +4,11 @@ Each actor loads the model once and keeps a Sweeper whose prefix walk carries ov
 groups it is given (a contiguous range, in increasing order), so it pays one partial forward to reach
 its first layer and one block per later layer. Finished groups stream back to the driver, which writes
 them to the same fsynced store as the local backend. An actor that dies is restarted by Ray
-(`max_restarts`) and its unfinished calls run again (`max_task_retries`); the store drops a key it
-already holds, so the results never have a hole or a duplicate. Ray is imported only here.
+(`max_restarts`, bounded: a worker that dies at every start ends the run with a clear error) and its
+unfinished calls run again (`max_task_retries`); the store drops a key it already holds, so the results
+never have a hole or a duplicate. Each worker keys its rows with its own model identity, row hash and
+numerics, and the driver stores a row only if that key is the one it computes itself. Ray is imported
+only here.
 """
 
 from __future__ import annotations
@@ -16,14 +19,19 @@ from dataclasses import dataclass
 from ..core.edits import Edit
 from ..errors import UserError
 
+MAX_RESTARTS = 3
+
 
 @dataclass
 class WorkerSpec:
-    """Everything a worker needs to rebuild the driver's val Sweeper, and nothing it must not share."""
+    """Everything a worker needs to rebuild the driver's val Sweeper, and nothing it must not share.
+
+    Paths are absolute (resolved on the driver); `task_identity` is the driver's name for the task.
+    """
 
     model: str
     task: str
-    context: dict
+    task_identity: str
     dtype: str = "float32"
     device: str = "cpu"
     revision: str | None = None
@@ -32,37 +40,50 @@ class WorkerSpec:
     split_seed: int = 0
     limit: int | None = None
     batch_size: int | None = None
+    max_tokens: int | None = None
     svd: str = "exact"
     svd_disk: bool = True
 
 
 class SweepWorker:
-    """The body of a Ray actor (wrapped by `ray.remote` in `ray_sweep`)."""
+    """The body of a Ray actor (wrapped by `ray.remote` in `ray_sweep`). The model loads on the first
+    call, so a load error reaches the driver as that call's error rather than as a dead actor."""
 
     def __init__(self, spec: WorkerSpec, threads: int):
+        self.spec, self.threads, self.sweeper = spec, threads, None
+
+    def _load(self):
         import torch
 
         from ..core.layout import get_layout
-        from ..evaluation.evaluate import Prepared
-        from ..models.loading import load_model
-        from ..evaluation.scoring import Scorer
-        from .sweep import Sweeper
-        from .store import ResultStore
         from ..core.svd import SVDCache
+        from ..evaluation.evaluate import Prepared
+        from ..evaluation.scoring import Scorer
         from ..evaluation.tasks import load_task
+        from ..models.loading import load_model
+        from .store import ResultStore, rows_hash
+        from .sweep import Sweeper
 
-        torch.set_num_threads(max(1, threads))  # never more threads than the CPUs Ray gave us
+        spec = self.spec
+        torch.set_num_threads(max(1, self.threads))  # never more threads than the CPUs Ray gave us
         loaded = load_model(spec.model, dtype=spec.dtype, device=spec.device, revision=spec.revision)
         rows = load_task(spec.task, spec.data).select("val", spec.split_seed, spec.limit)
-        cache = SVDCache(disk="default" if spec.svd_disk and spec.svd == "exact" else None, mode=spec.svd)
+        device = next(loaded.model.parameters()).device.type
+        # This worker's own identity: the driver stores a row only if its key matches the driver's.
+        context = {"model": loaded.identity, "task": spec.task_identity, "rows": rows_hash(rows),
+                   "dtype": spec.dtype, "svd": spec.svd, "device": device}
+        cache = SVDCache(disk="default" if spec.svd_disk else None, mode=spec.svd)
         self.sweeper = Sweeper(loaded.model, get_layout(loaded.model, spec.module_patterns),
-                               Prepared(Scorer(loaded.model, loaded.tokenizer, batch_size=spec.batch_size), rows),
-                               ResultStore(None), spec.context, "val", cache)
+                               Prepared(Scorer(loaded.model, loaded.tokenizer, batch_size=spec.batch_size,
+                                               max_tokens=spec.max_tokens), rows),
+                               ResultStore(None), context, "val", cache)
 
-    def run(self, edits: list[dict]) -> list[dict]:
+    def run(self, edits: list[dict]) -> tuple[dict, list[dict]]:
+        if self.sweeper is None:
+            self._load()
         done: list[dict] = []
         self.sweeper.sweep([Edit.from_json(e) for e in edits], on_done=done.append, base=False)
-        return done
+        return self.sweeper.context, done
 
 
 def _import_ray():
@@ -88,26 +109,48 @@ def contiguous_chunks(layers: list[int], weights: dict[int, float], n: int) -> l
     return chunks
 
 
-def ray_sweep(spec: WorkerSpec, pending: list[Edit], store, n_layers: int, *, workers: int | None = None,
-              gpus_per_worker: float = 0.0, address: str | None = None, on_done=None) -> None:
-    """Run single-edit candidates not yet in `store` on Ray actors; each finished row is stored at once."""
+def actor_count(ray, workers: int | None, gpus_per_worker: float, chunks_wanted: int) -> int:
+    """Actors that can all run at once: never more than the cluster's GPUs allow, so none waits forever."""
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, not {workers}")
+    total = ray.cluster_resources()
+    n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
+    if gpus_per_worker:
+        gpus = total.get("GPU", 0)
+        if gpus < gpus_per_worker:
+            raise UserError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPU(s): "
+                            "drop --gpus-per-worker to run on CPUs, or join GPU nodes to the cluster")
+        n = min(n, int(gpus // gpus_per_worker))
+    return max(1, min(n, chunks_wanted))
+
+
+def ray_sweep(spec: WorkerSpec, pending: list[Edit], store, n_layers: int, *, context: dict | None = None,
+              workers: int | None = None, gpus_per_worker: float = 0.0, address: str | None = None,
+              on_done=None) -> None:
+    """Run single-edit candidates not yet in `store` on Ray actors; each finished row is stored at once.
+
+    `context` is the driver's (model identity, task, rows, numerics): rows from a worker whose own context
+    differs are refused with an error naming the difference, never stored.
+    """
     ray = _import_ray()
     if not pending:
         return
-    address = address or os.environ.get("RAY_ADDRESS")
+    if not os.environ.get("RAY_ADDRESS", "x").strip():  # an empty RAY_ADDRESS means unset, not an address
+        os.environ.pop("RAY_ADDRESS")
+    address = address or os.environ.get("RAY_ADDRESS") or None
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    actors = []
     try:
         by_layer: dict[int, list[Edit]] = {}
         for c in pending:
             by_layer.setdefault(c.layer, []).append(c)
         layers = sorted(by_layer)
-        cpus = ray.available_resources().get("CPU", 1)
-        n = workers or max(1, int(cpus))
+        n = actor_count(ray, workers, gpus_per_worker, len(layers))
         # A candidate at layer l costs about n_layers - l blocks.
         chunks = contiguous_chunks(layers, {l: len(by_layer[l]) * (n_layers - l) for l in layers}, n)
-        actor_cls = ray.remote(max_restarts=-1, max_task_retries=-1)(SweepWorker)
+        actor_cls = ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)(SweepWorker)
         actors = [actor_cls.options(num_cpus=1, num_gpus=gpus_per_worker).remote(spec, 1) for _ in chunks]
         refs = {}
         for actor, chunk in zip(actors, chunks):
@@ -116,13 +159,38 @@ def ray_sweep(spec: WorkerSpec, pending: list[Edit], store, n_layers: int, *, wo
         while refs:
             ready, _ = ray.wait(list(refs), num_returns=1)
             for ref in ready:
-                for row in ray.get(ref):
+                theirs, rows = _result(ray, ref)
+                if context is not None and theirs != context:
+                    diff = "; ".join(f"{k}: {_short(theirs.get(k))} on the worker, {_short(context.get(k))} here"
+                                     for k in sorted(set(theirs) | set(context)) if theirs.get(k) != context.get(k))
+                    raise UserError(f"a Ray worker's results are not comparable with this run ({diff}): give every "
+                                    "node the same model files, task data and --device/--dtype/--svd")
+                for row in rows:
                     if row["key"] not in store:
                         store.append(row)
                         on_done and on_done(row)
                 del refs[ref]
+    finally:
         for actor in actors:
             ray.kill(actor)
-    finally:
         if started_here:
             ray.shutdown()
+
+
+def _short(value) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _result(ray, ref):
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, UserError):
+            raise UserError(f"on a Ray worker: {cause}") from None
+        raise
+    except ray.exceptions.RayActorError as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"a Ray worker died {MAX_RESTARTS + 1} times ({reason}); if it ran out of memory, "
+                        "lower --workers or --max-tokens, or use --dtype bfloat16") from None

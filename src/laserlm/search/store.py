@@ -2,7 +2,8 @@
 
 Each finished candidate is one line, written with flush + fsync before the next starts, keyed by a hash
 of (model identity, task, split, rows, edits). A kill at any moment loses at most the candidate in flight;
-a torn last line is cut off on the next open; a rerun skips every key already present.
+a torn last line is cut off when a search reopens the store (a reader such as `laser report` only skips
+it, since the search may be writing that very line); a rerun skips every key already present.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def candidate_key(context: dict, split: str, edits: list[dict]) -> str:
 class ResultStore:
     """Rows by key, backed by an append-only JSONL file (or memory only, with path None)."""
 
-    def __init__(self, path: Path | str | None):
+    def __init__(self, path: Path | str | None, read_only: bool = False):
         self.path = Path(path) if path is not None else None
+        self.read_only = read_only
         self.rows: dict[str, dict] = {}
         self._load()
 
@@ -45,10 +47,11 @@ class ResultStore:
         if self.path is None or not self.path.exists():
             return
         data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):  # killed mid-write: drop the torn tail
+        if data and not data.endswith(b"\n"):  # killed mid-write, or being written right now
             cut = data.rfind(b"\n") + 1
-            with open(self.path, "r+b") as f:
-                f.truncate(cut)
+            if not self.read_only:
+                with open(self.path, "r+b") as f:
+                    f.truncate(cut)
             data = data[:cut]
         for n, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
             if not line.strip():
@@ -68,6 +71,8 @@ class ResultStore:
         return self.rows.get(key)
 
     def append(self, row: dict) -> None:
+        if self.read_only:
+            raise RuntimeError(f"{self.path} was opened read-only")
         if row["key"] in self.rows:
             return
         if self.path is None:

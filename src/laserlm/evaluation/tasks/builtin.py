@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 from ...errors import UserError
 from .base import Example, Task
+from .custom import read_utf8
 
 TF = [" false", " true"]
 PROFESSIONS = ["journalist", "poet", "composer", "model", "teacher", "architect", "painter", "professor"]
@@ -148,12 +149,19 @@ def _local_rows(path: Path) -> list[dict]:
     if not path.exists():
         raise UserError(f"no such --data file: {path}")
     if path.suffix in (".jsonl", ".json"):
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
+        text = read_utf8(path)
+        try:
+            if path.suffix == ".jsonl":
+                return [json.loads(line) for line in text.splitlines() if line.strip()]
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--data {path}: not valid JSON ({e.msg}, at character {e.pos} of its line or "
+                            "file)") from None
         return data["examples"] if isinstance(data, dict) and "examples" in data else data
-    from datasets import load_dataset
+    try:
+        from datasets import load_dataset
+    except ImportError:
+        raise UserError(f"--data {path.name} needs the datasets package: pip install 'laserlm[data]'") from None
 
     kind = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
     if kind is None:

@@ -13,10 +13,18 @@ CLOZE_FORM = '{"prompt": str, "answer": str | [str, ...]}'
 CHOICE_FORM = '{"prompt": str, "choices": [str, ...], "label": int}'
 
 
+def read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise UserError(f"{path} line {line}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
+
+
 def _rows(path: Path) -> list[tuple[int, object]]:
     """(line number, raw row) pairs; CSV cells that hold JSON lists are decoded."""
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if suffix == ".jsonl":
         out = []
         for n, line in enumerate(text.splitlines(), 1):
