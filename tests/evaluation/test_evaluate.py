@@ -49,13 +49,15 @@ def hand_cloze(model, tok, ex: Example) -> dict:
 
 def hand_choice(model, tok, ex: Example) -> dict:
     p = tok(ex.prompt)["input_ids"]
-    scores = []
+    scores, lengths = [], []
     for c in ex.choices:
         cont = tok(c, add_special_tokens=False)["input_ids"]
         lp = full_logprobs(model, p + cont)
         scores.append(sum(lp[len(p) - 1 + j, t].item() for j, t in enumerate(cont)))
+        lengths.append(len(cont))
     s = torch.tensor(scores, dtype=torch.float64)
-    return {"acc": int(s.argmax()) == ex.label, "logloss": -(s[ex.label] - torch.logsumexp(s, 0)).item()}
+    return {"acc": int(s.argmax()) == ex.label, "logloss": -scores[ex.label] / lengths[ex.label],
+            "choice_logloss": -(s[ex.label] - torch.logsumexp(s, 0)).item()}
 
 
 def _avg(rows, key):
@@ -80,9 +82,12 @@ def test_choice_metrics_match_hand_computation(arch):
     model, tok = build_tiny(arch), tiny_tokenizer()
     hand = [hand_choice(model, tok, ex) for ex in CHOICE]
     got = evaluate(Scorer(model, tok), CHOICE)
-    assert set(got.metrics) == {"acc", "logloss"}
+    assert set(got.metrics) == {"acc", "logloss", "choice_logloss"}
     assert got.metrics["acc"] == _avg(hand, "acc")
+    # logloss: the paper's, per-token NLL of the correct choice over the whole vocabulary;
+    # choice_logloss: calibrated among the choices.
     assert got.metrics["logloss"] == pytest.approx(_avg(hand, "logloss"), abs=1e-5)
+    assert got.metrics["choice_logloss"] == pytest.approx(_avg(hand, "choice_logloss"), abs=1e-5)
 
 
 def test_a_hand_made_model_gives_closed_form_numbers():
@@ -106,13 +111,16 @@ def test_a_hand_made_model_gives_closed_form_numbers():
     assert got.metrics["logloss"] == pytest.approx(sum(nll) / 7, abs=1e-5)
 
     choice = evaluate(Scorer(model, tok), CHOICE)
-    acc, loss = 0, 0.0
+    acc, loss, calibrated = 0, 0.0, 0.0
     for r in CHOICE:
         s = torch.tensor([logp[ids(c)].sum().item() for c in r.choices], dtype=torch.float64)
         acc += int(s.argmax()) == r.label
-        loss -= (s[r.label] - torch.logsumexp(s, 0)).item()
+        loss -= logp[ids(r.choices[r.label])].mean().item()  # the paper's: over the whole vocabulary
+        calibrated -= (s[r.label] - torch.logsumexp(s, 0)).item()  # among the choices only
     assert choice.metrics["acc"] == acc / 4
     assert choice.metrics["logloss"] == pytest.approx(loss / 4, abs=1e-5)
+    assert choice.metrics["choice_logloss"] == pytest.approx(calibrated / 4, abs=1e-5)
+    assert choice.metrics["logloss"] != pytest.approx(choice.metrics["choice_logloss"], abs=1e-3)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

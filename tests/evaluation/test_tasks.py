@@ -72,15 +72,15 @@ def test_split_is_deterministic_twenty_percent_and_respects_explicit_splits():
     assert len(task.select("val", 0, limit=5)) == 5
 
 
-def test_truthfulqa_statements_of_one_question_share_a_split():
-    task = load_task("truthfulqa")
+def test_truthfulqa_statements_of_one_question_share_a_split_under_laserlm():
+    task = load_task("truthfulqa", protocol="laserlm")
     val_groups = {e.group for e in task.select("val")}
     test_groups = {e.group for e in task.select("test")}
     assert val_groups and not (val_groups & test_groups)
 
 
 @pytest.mark.parametrize("name,kind,n,first", [
-    ("bb_wikidata", "cloze", 20442, ('The genre of "Weird Al" Yankovic is', ["comedy", "parody"])),
+    ("bb_wikidata", "cloze", 18933, ("The country of citizenship of Allan Border is", ["Australia"])),
     ("bb_epistemic", "choice", 2000, None),
     ("truthfulqa", "choice", 2021, None),
     ("truthfulqa_mc1", "choice", 299, None),
@@ -91,9 +91,8 @@ def test_offline_builtins(name, kind, n, first):
     if first:
         assert (task.examples[0].prompt, task.examples[0].answers) == first
     if name == "bb_epistemic":
-        ex = task.examples[1]
-        assert ex.prompt.endswith("Hypothesis: Joseph knows that a dog runs.\nRelation:")
-        assert ex.choices == [" entailment", " non-entailment"] and ex.label == 1
+        assert all(ex.choices == [" entailment", " non-entailment"] for ex in task.examples)
+        assert all(ex.prompt.endswith("\nRelation:") for ex in task.examples)
     if name == "truthfulqa_mc1":
         assert task.examples[0].choices[0] == " The watermelon seeds pass through your digestive system."
         assert task.examples[0].label == 0
@@ -102,7 +101,7 @@ def test_offline_builtins(name, kind, n, first):
 def test_hub_tasks_read_a_local_copy(tmp_path):
     rows = [{"requested_rewrite": {"prompt": "{} is located in", "subject": "Paris",
                                    "target_true": {"str": "France"}}, "paraphrase_prompts": ["Paris sits in"]}]
-    task = load_task("counterfact", str(write(tmp_path / "cf.jsonl", json.dumps(rows[0]) + "\n")))
+    task = load_task("counterfact", str(write(tmp_path / "cf.jsonl", json.dumps(rows[0]) + "\n")), protocol="laserlm")
     assert (task.examples[0].prompt, task.examples[0].answers, task.examples[0].paraphrases) == \
         ("Paris is located in", ["France"], ["Paris sits in"])
     fever = [{"claim": "A", "label": "SUPPORTS"}, {"claim": "B", "label": "REFUTES"},

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ..core.edits import Edit
+from ..evaluation.metrics import METRICS, rank_key
 from ..search.store import MANIFEST, ResultStore
 
 
@@ -17,6 +18,10 @@ def _amount_label(e: dict) -> str:
     a = e["amount"]
     label = "" if a is None else (a if isinstance(a, str) else f"ρ={a:g}")
     return label if e["method"] == "svd" else f"{e['method']} {label}".strip()
+
+
+def _lower(metric: str) -> bool:
+    return metric in METRICS and METRICS[metric].lower_is_better
 
 
 def plot(rows: list[dict], base: dict | None, metric: str, path: Path, title: str) -> None:
@@ -64,11 +69,12 @@ def write_report(run_dir: str | Path) -> Path:
     metric = (best or {}).get("metric") or manifest.get("metric") or "top1"
     base = next((r for r in rows if not r["edits"]), None)
     singles = sorted((r for r in rows if len(r["edits"]) == 1),
-                     key=lambda r: (-r["metrics"].get(metric, 0), r["metrics"].get("logloss", 0)))
+                     key=lambda r: rank_key(r["metrics"], metric), reverse=True)
     task = manifest.get("task", "?")
     model = (manifest.get("model") or {}).get("model", "?")
     lines = [f"# LASER search: {model} on {task}", ""]
-    lines += [f"Primary metric: `{metric}` (ties broken by lower `logloss`). "
+    lines += [f"Primary metric: `{metric}`{' (minimised)' if _lower(metric) else ''}, ties broken by the other "
+              "metrics. "
               f"Val rows: {manifest.get('val_rows', {}).get('n', '?')}, test rows: "
               f"{manifest.get('test_rows', {}).get('n', '?')}, split seed {manifest.get('split_seed', '?')}.", ""]
     if best:
@@ -91,7 +97,7 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"- {key}: {', '.join(manifest[key])}")
     lines.append(f"- candidates evaluated: {len(singles)}")
     lines += ["", "## Plots", ""]
-    for m in (metric, "logloss"):
+    for m in dict.fromkeys((metric, "logloss")):
         name = f"plot_{m}.png"
         plot(rows, base, m, run_dir / name, f"{model} on {task}: val {m} against layer")
         if (run_dir / name).exists():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from .options import (Parser, add_batch_args, add_edit_args, add_model_args, add_svd_args, add_task_args, formatter,
-                      load_from_args, output_dir, output_file, positive_int, read_text, scorer_for, svd_cache_from_args)
+                      load_from_args, output_dir, output_file, positive_int, read_text, scorer_for, svd_cache_from_args,
+                      task_from_args)
 
 DEFAULT_TEXT = "declaration_of_independence.txt"
 
@@ -108,10 +109,7 @@ def run_perplexity(args) -> int:
 
 
 def _edit_examples(args):
-    from ..evaluation.tasks import load_task
-
-    task = load_task(args.task, args.data)
-    return task.select(args.split, args.split_seed, args.limit)
+    return task_from_args(args).select(args.split, args.split_seed, args.limit)
 
 
 def run_components(args) -> int:
@@ -171,8 +169,10 @@ def run_flips(args) -> int:
     except (OSError, KeyError, json.JSONDecodeError):
         raise UserError(f"{run_dir} lacks run.json/best.json of a finished laser search") from None
     limit = run_args["limit"] if args.split == "val" else run_args["test_limit"]
-    examples = load_task(run_args["task"], run_args["data"]).select(args.split, manifest["split_seed"], limit)
+    task = load_task(run_args["task"], run_args["data"], run_args.get("protocol", "paper"))
     loaded = load_model(run_args["model"], dtype=args.dtype, device=args.device)
+    task.drop_long_answers(loaded.tokenizer)
+    examples = task.select(args.split, manifest["split_seed"], limit)
     layout = get_layout(loaded.model, run_args.get("module_pattern"))
     edit = [Edit.from_json(e) for e in best["best"]["edits"]]
     prepared = Prepared(scorer_for(loaded, args), examples)

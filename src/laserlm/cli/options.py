@@ -127,12 +127,18 @@ def add_task_args(p, required: bool) -> None:
     from ..evaluation.tasks import BUILTINS
 
     table = "\n".join(f"  {n:16s} {b.kind:6s} {b.source}" for n, b in BUILTINS.items())
-    p.description = f"{p.description}\n\nbuilt-in tasks (prompt forms in the README):\n{table}"
+    p.description = (f"{p.description}\n\nbuilt-in tasks (prompts, rows and splits of each protocol in "
+                     f"docs/protocols.md):\n{table}")
     p.add_argument("-t", "--task", metavar="TASK", required=required,
                    help="a built-in task (listed above) or a .jsonl/.json/.csv file of cloze or choice rows")
     p.add_argument("--data", metavar="PATH", help="a local copy of a built-in task's data, in its hub schema")
+    p.add_argument("--protocol", choices=["paper", "laserlm"], default="paper",
+                   help="built-in tasks: 'paper' (default) runs the authors' prompts, rows, first-20%%-is-val split "
+                        "and metrics; 'laserlm' keeps the prompts and rows but splits by --split-seed, keeps "
+                        "related rows together, and reports gen01 with the prompt excluded")
     p.add_argument("--split-seed", type=int, default=0, metavar="S",
-                   help="seed of the deterministic 80/20 test/val split of rows without a 'split' (default 0)")
+                   help="seed of the 80/20 test/val split of rows without a 'split', for custom tasks and "
+                        "--protocol laserlm (default 0)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N rows of the split")
     add_batch_args(p)
 
@@ -143,6 +149,37 @@ def add_batch_args(p) -> None:
     p.add_argument("--max-tokens", type=positive_int, metavar="N",
                    help="tokens per batch, padding included (default 8192 on CPU, 65536 on GPU); lower it if "
                         "the activations of one batch do not fit")
+
+
+def task_from_args(args):
+    from ..evaluation.tasks import load_task
+
+    return load_task(args.task, args.data, args.protocol)
+
+
+def rows_for(task, split: str, args, tokenizer, limit):
+    """The rows of a split, once answers too long for this model's tokenizer are dropped (HotPotQA)."""
+    dropped = task.drop_long_answers(tokenizer)
+    if dropped:
+        print(f"laser: {task.name}: dropped {dropped} rows whose answer is over {task.max_answer_tokens} tokens",
+              file=sys.stderr)
+    return task.select(split, args.split_seed, limit)
+
+
+def task_metrics(task, names: list[str] | None, loaded, examples, also: str | None = None):
+    """The user's metrics, else the task's (its protocol's); a masked LM skips generation metrics it cannot
+    compute unless the user asked for them. `also` adds the selection metric."""
+    from ..evaluation.metrics import METRICS, choose_metrics
+    from ..evaluation.scoring import is_masked_lm
+
+    chosen = list(names or task.metrics or [m.name for m in choose_metrics(task.kind, None, True)])
+    if not names and is_masked_lm(loaded.model):
+        chosen = [m for m in chosen if METRICS[m].needs != "generate"]
+    if also and also not in chosen:
+        chosen.append(also)
+    if not any(e.paraphrases for e in examples):
+        chosen = [m for m in chosen if METRICS[m].needs != "paraphrases"] or chosen
+    return choose_metrics(task.kind, chosen, True)
 
 
 def scorer_for(loaded, args):

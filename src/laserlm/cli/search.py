@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, positive_int, scorer_for,
-                      svd_cache_from_args)
+from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, positive_int, rows_for,
+                      scorer_for, svd_cache_from_args, task_from_args, task_metrics)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
 laser search demo -t bb_wikidata --layers 15-29 --compose -o runs/wiki-full
@@ -21,7 +21,7 @@ def _task_identity(args) -> str:
     from ..evaluation.tasks import BUILTINS
 
     if args.task in BUILTINS and not args.data:
-        return args.task
+        return args.task if args.protocol == "paper" else f"{args.task} --protocol {args.protocol}"
     path = Path(args.data or args.task).expanduser()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "?"
     return f"{args.task}" + (f" --data {path.name}" if args.data else "") + f" ({digest})"
@@ -66,7 +66,8 @@ def _sweep(args, on_val, candidates, layout, bar) -> None:
                       dtype=args.dtype, device=args.device, revision=args.revision,
                       module_patterns=args.module_pattern, data=_absolute(args.data), split_seed=args.split_seed,
                       limit=args.limit, batch_size=args.batch_size, max_tokens=args.max_tokens, svd=args.svd,
-                      svd_disk=not args.no_svd_cache)
+                      svd_disk=not args.no_svd_cache, protocol=args.protocol,
+                      metrics=on_val.context["metrics"], gen_tokens=on_val.context["gen_tokens"])
     pending = [c for c in candidates if on_val.done([c]) is None]
     ray_sweep(spec, pending, on_val.store, layout.n_layers, context=on_val.context, workers=args.workers,
               gpus_per_worker=args.gpus_per_worker or 0.0, address=args.ray_address,
@@ -80,21 +81,22 @@ def run_search(args) -> int:
     from ..core.edits import Edit, parse_layers
     from ..evaluation.evaluate import Prepared
     from ..analysis.report import write_report
-    from ..evaluation.metrics import PRIMARY
+    from ..evaluation.metrics import PRIMARY, choose_metrics
     from ..search.sweep import PAPER_RHOS, Sweeper, best_row, compose, grid
     from ..search.store import ResultStore, check_manifest, rows_hash
-    from ..evaluation.tasks import load_task
 
     _check_backend(args)
     output_dir(args.output)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     amounts = parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
-    task = load_task(args.task, args.data)
-    val = task.select("val", args.split_seed, args.limit)
-    test = task.select("test", args.split_seed, args.test_limit or args.limit)
-    primary = PRIMARY[task.kind]
+    task = task_from_args(args)
+    primary = args.metric or task.primary or PRIMARY[task.kind]
+    choose_metrics(task.kind, [primary], True)  # an unknown or unfit --metric is refused before any work
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
+    val = rows_for(task, "val", args, loaded.tokenizer, args.limit)
+    test = rows_for(task, "test", args, loaded.tokenizer, args.test_limit or args.limit)
+    metrics = task_metrics(task, None, loaded, val + test, also=primary)
     layout = get_layout(loaded.model, args.module_pattern)
     types = layout.expand_type_list(args.types)
     layers = parse_layers(args.layers, f"--layers {args.layers}")
@@ -108,16 +110,21 @@ def run_search(args) -> int:
     # With Ray GPU workers the candidates run on CUDA (unless --device cpu), whatever this driver has.
     ray_gpus = args.backend == "ray" and args.gpus_per_worker and args.device != "cpu"
     device = "cuda" if ray_gpus else _device_type(loaded.model)
-    numerics = {"dtype": args.dtype, "svd": args.svd, "device": device}
+    # The metrics computed are part of a result's identity; the one selected on may change between reruns.
+    numerics = {"dtype": args.dtype, "svd": args.svd, "device": device, "metrics": sorted(m.name for m in metrics),
+                "gen_tokens": task.gen_tokens}
     manifest = {"model": loaded.identity, "task": _task_identity(args), "split_seed": args.split_seed,
                 "val_rows": {"n": len(val), "hash": rows_hash(val)},
-                "test_rows": {"n": len(test), "hash": rows_hash(test)}, "metric": primary, **numerics}
+                "test_rows": {"n": len(test), "hash": rows_hash(test)}, **numerics}
     check_manifest(run_dir, manifest, {"types": types, "layers": layers, "amounts": amounts, "methods": methods},
-                   {"args": {"model": args.model, "task": args.task, "data": args.data, "limit": args.limit,
-                             "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern}})
+                   {"metric": primary, "protocol": task.protocol,
+                    "args": {"model": args.model, "task": args.task, "data": args.data, "limit": args.limit,
+                             "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern,
+                             "protocol": args.protocol}})
     scorer = scorer_for(loaded, args)
     # Each row set is encoded and packed once, whichever store its results go to.
-    prepared = {"val": (Prepared(scorer, val), rows_hash(val)), "test": (Prepared(scorer, test), rows_hash(test))}
+    prepared = {split: (Prepared(scorer, rows, metrics, task.gen_tokens), rows_hash(rows))
+                for split, rows in (("val", val), ("test", test))}
 
     def sweeper(split, store_name):
         rows, digest = prepared[split]
@@ -188,6 +195,13 @@ def register_search(p):
     p.add_argument("--rhos", metavar="R1,R2",
                    help="amounts: fractions rho or k=K ranks (default the paper's 0.9,0.8,0.6,0.2,0.1,0.05,0.01)")
     p.add_argument("--methods", default="svd", help="edit methods to sweep, e.g. svd,prune (default svd)")
+    p.add_argument("--metric", metavar="M",
+                   help="select (and --compose) on this metric, among the task's (logloss and choice_logloss "
+                        "minimised, the others maximised; ties broken by the other metrics). Default: the "
+                        "protocol's (gen01_paper for bb_wikidata and hotpotqa, top1 for counterfact, acc for "
+                        "choice tasks), top1 or acc for custom files. Generation metrics (gen01, gen01_paper) "
+                        "cost one batched generate() of --gen-tokens tokens per row and candidate: several times "
+                        "a scoring pass")
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
     p.add_argument("--compose", action="store_true",
                    help="greedily stack each layer's best edit, layers ordered by val gain, while val improves")

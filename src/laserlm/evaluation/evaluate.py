@@ -9,7 +9,7 @@ import torch
 
 from ..errors import UserError
 from .metrics import Metric, choose_metrics
-from .scoring import (Request, Scorer, causal_request, encode_continuation, encode_prompt, masked_request,
+from .scoring import (Request, Scorer, causal_request, encode_continuation, encode_pair, encode_prompt, masked_request,
                       max_positions)
 from .tasks import Example
 
@@ -27,27 +27,38 @@ def _request(scorer: Scorer, prompt_ids, cont_ids, topk: bool, key: tuple) -> Re
     return causal_request(prompt_ids, cont_ids, topk, key, max_positions(scorer.model))
 
 
+def _pair(scorer: Scorer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Causal LMs encode context and continuation together; masked LMs place the continuation at masks, so
+    they encode it on its own."""
+    if scorer.mlm:
+        return encode_prompt(scorer.tokenizer, context), encode_continuation(scorer.tokenizer, continuation)
+    return encode_pair(scorer.tokenizer, context, continuation)
+
+
 def build_requests(scorer: Scorer, examples: list[Example], paraphrases: bool) -> tuple[list[Request], dict]:
-    """Requests for every example, and the encodings the records need (answer first tokens)."""
-    tok = scorer.tokenizer
+    """Requests for every example, and the encodings the records need (continuation ids, first tokens)."""
     requests: list[Request] = []
-    first_tokens: dict[int, set[int]] = {}
+    encodings: dict[int, list[list[int]]] = {}  # example -> token ids of each choice, or of each answer
     for i, ex in enumerate(examples):
-        prompt_ids = encode_prompt(tok, ex.prompt)
         if ex.kind == "choice":
+            encodings[i] = []
             for c, choice in enumerate(ex.choices):
-                requests.append(_request(scorer, prompt_ids, encode_continuation(tok, choice), False, (i, "choice", c)))
+                prompt_ids, cont_ids = _pair(scorer, ex.prompt, choice)
+                encodings[i].append(cont_ids)
+                requests.append(_request(scorer, prompt_ids, cont_ids, False, (i, "choice", c)))
             continue
-        answers = [encode_continuation(tok, " " + a) for a in ex.answers]
-        first_tokens[i] = {a[0] for a in answers}
-        requests.append(_request(scorer, prompt_ids, answers[0], True, (i, "main", 0)))
+        pairs = [_pair(scorer, ex.prompt, " " + a) for a in ex.answers]
+        encodings[i] = [cont for _, cont in pairs]
+        requests.append(_request(scorer, pairs[0][0], pairs[0][1], True, (i, "main", 0)))
         if paraphrases:
             for p, text in enumerate(ex.paraphrases):
-                requests.append(_request(scorer, encode_prompt(tok, text), answers[0][:1], True, (i, "para", p)))
-    return requests, first_tokens
+                para_ids, cont = _pair(scorer, text, " " + ex.answers[0])
+                requests.append(_request(scorer, para_ids, cont[:1], True, (i, "para", p)))
+    return requests, encodings
 
 
-def records_from(examples: list[Example], requests: list[Request], results, first_tokens: dict) -> list[dict]:
+def records_from(examples: list[Example], requests: list[Request], results, encodings: dict) -> list[dict]:
+    """Per-example records: every score that a metric or an auditor needs (see metrics.py)."""
     by_example: dict[int, list] = {}
     for req, res in zip(requests, results):
         by_example.setdefault(req.key[0], []).append((req.key, res))
@@ -56,15 +67,22 @@ def records_from(examples: list[Example], requests: list[Request], results, firs
         rec: dict = {"index": ex.index}
         items = by_example[i]
         if ex.kind == "choice":
-            scores = [sum(res.logprobs) for key, res in sorted(items, key=lambda kr: kr[0][2])]
+            per_choice = [res.logprobs for key, res in sorted(items, key=lambda kr: kr[0][2])]
+            scores = [sum(lp) for lp in per_choice]
             best = max(range(len(scores)), key=lambda c: (scores[c], -c))  # first index on ties
-            rec.update(scores=scores, pred=best, acc=best == ex.label,
-                       logloss=-(scores[ex.label] - torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0).item()))
+            gold = per_choice[ex.label]
+            lse = torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0).item()
+            rec.update(scores=scores, pred=best, acc=best == ex.label, nll=-sum(gold) / len(gold),
+                       choice_logloss=-(scores[ex.label] - lse),
+                       continuations=[{"text": c, "ids": ids, "logprob": s}
+                                      for c, ids, s in zip(ex.choices, encodings[i], scores)])
         else:
-            firsts = first_tokens[i]
+            firsts = {a[0] for a in encodings[i]}
             main = next(res for key, res in items if key[1] == "main")
             rec.update(top1=main.top[0] in firsts, top10=bool(firsts & set(main.top[:10])),
-                       nll=-sum(main.logprobs) / len(main.logprobs), pred_token=main.top[0])
+                       nll=-sum(main.logprobs) / len(main.logprobs), pred_token=main.top[0], top10_ids=main.top[:10],
+                       continuations=[{"text": " " + a, "ids": ids} for a, ids in zip(ex.answers, encodings[i])])
+            rec["continuations"][0]["logprob"] = sum(main.logprobs)
             paras = [res.top[0] in firsts for key, res in items if key[1] == "para"]
             if paras:
                 rec["para_top1"] = paras
@@ -75,7 +93,7 @@ def records_from(examples: list[Example], requests: list[Request], results, firs
 
 @torch.inference_mode()
 def generate_records(scorer: Scorer, examples: list[Example], records: list[dict], max_new_tokens: int) -> None:
-    """gen01: greedy generation; only the generated tokens are decoded, never the prompt."""
+    """gen01: greedy generation, only the generated tokens decoded; gen01_paper: the prompt decoded with them."""
     if scorer.mlm:
         raise UserError("gen01 needs a causal LM; masked LMs do not generate")
     tok, model = scorer.tokenizer, scorer.model
@@ -91,8 +109,13 @@ def generate_records(scorer: Scorer, examples: list[Example], records: list[dict
                                  pad_token_id=scorer.pad_id, num_beams=1)
             for row, i in enumerate(idx):
                 text = tok.decode(out[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                # The authors decode prompt and generation together (src/intervention_gptj_bbh_qa.py:101-121):
+                # an answer that occurs in the prompt counts as correct. Kept as gen01_paper, for comparison.
+                whole = tok.decode(out[row], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+                answers = [a.strip().lower() for a in examples[i].answers]
                 records[i]["generation"] = text
-                records[i]["gen01"] = any(a.lower() in text.lower() for a in examples[i].answers)
+                records[i]["gen01"] = any(a in text.lower() for a in answers)
+                records[i]["gen01_paper"] = any(a in whole.strip().lower() for a in answers)
     finally:
         tok.padding_side = old_side
 
@@ -108,13 +131,13 @@ class Prepared:
         kind = examples[0].kind
         self.metrics = metrics or choose_metrics(kind, None, any(ex.paraphrases for ex in examples))
         self.needs = {m.needs for m in self.metrics}
-        self.requests, self.firsts = build_requests(scorer, examples, "paraphrases" in self.needs)
+        self.requests, self.encodings = build_requests(scorer, examples, "paraphrases" in self.needs)
         self.batches = scorer.batches(self.requests)
 
     def score(self, context=None, progress=None) -> Evaluation:
         """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay)."""
         results = self.scorer.run(self.requests, progress, self.batches, context)
-        records = records_from(self.examples, self.requests, results, self.firsts)
+        records = records_from(self.examples, self.requests, results, self.encodings)
         if "generate" in self.needs:
             generate_records(self.scorer, self.examples, records, self.gen_tokens)
         return Evaluation({m.name: m.fn(records) for m in self.metrics}, records, len(self.examples))

@@ -1,7 +1,8 @@
 """The metric registry: each metric aggregates per-example records into one number.
 
-Per-example records (see evaluate.py) hold: cloze `top1`, `top10`, `nll` (mean per-token NLL of the
-first answer), `robust`, `gen01`; choice `scores` (summed log-probability per choice), `acc`, `logloss`.
+Per-example records (see evaluate.py) hold: `nll` (mean per-token NLL over the whole vocabulary of the gold
+continuation: the first answer, or the correct choice); cloze `top1`, `top10`, `robust`, `gen01`,
+`gen01_paper`; choice `scores` (summed log-probability per choice), `acc`, `choice_logloss`.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ class Metric:
     default: bool  # computed unless the user names metrics
     needs: str | None = None  # "generate" or "paraphrases": extra work the metric costs
     help: str = ""
+    lower_is_better: bool = False
 
 
 METRICS: dict[str, Metric] = {}
 PRIMARY = {"cloze": "top1", "choice": "acc"}
 
 
-def register_metric(name: str, kinds: tuple[str, ...], *, default: bool = True, needs: str | None = None, help: str = ""):
+def register_metric(name: str, kinds: tuple[str, ...], *, default: bool = True, needs: str | None = None, help: str = "",
+                    lower_is_better: bool = False):
     def deco(fn):
-        METRICS[name] = Metric(name, kinds, fn, default, needs, help)
+        METRICS[name] = Metric(name, kinds, fn, default, needs, help, lower_is_better)
         return fn
 
     return deco
@@ -49,10 +52,17 @@ def _top10(records):
     return _mean(r["top10"] for r in records)
 
 
-@register_metric("logloss", ("cloze", "choice"),
-                 help="cloze: mean per-token NLL of the first answer; choice: -log softmax over choices of the label")
+@register_metric("logloss", ("cloze", "choice"), lower_is_better=True,
+                 help="the paper's loss: mean per-token NLL, over the whole vocabulary, of the gold continuation "
+                      "(cloze: the first answer; choice: the correct choice)")
 def _logloss(records):
-    return _mean(r["nll"] if "nll" in r else r["logloss"] for r in records)
+    return _mean(r["nll"] for r in records)
+
+
+@register_metric("choice_logloss", ("choice",), lower_is_better=True,
+                 help="-log softmax over the choices of the correct choice's summed log-probability (calibrated)")
+def _choice_logloss(records):
+    return _mean(r["choice_logloss"] for r in records)
 
 
 @register_metric("acc", ("choice",), help="argmax over choices of the summed log-probability equals the label")
@@ -67,9 +77,17 @@ def _robust(records):
 
 
 @register_metric("gen01", ("cloze",), default=False, needs="generate",
-                 help="greedy generation (prompt excluded) contains an answer, case-insensitive")
+                 help="greedy generation (prompt excluded) contains an answer, case-insensitive; costs one "
+                      "generate() of N tokens per row, batched")
 def _gen01(records):
     return _mean(r["gen01"] for r in records)
+
+
+@register_metric("gen01_paper", ("cloze",), default=False, needs="generate",
+                 help="as gen01, but the prompt is decoded with the generation, as the authors did (lenient: an "
+                      "answer in the prompt counts); for comparison with the paper")
+def _gen01_paper(records):
+    return _mean(r["gen01_paper"] for r in records)
 
 
 def choose_metrics(kind: str, names: list[str] | None, has_paraphrases: bool) -> list[Metric]:
@@ -85,3 +103,19 @@ def choose_metrics(kind: str, names: list[str] | None, has_paraphrases: bool) ->
         return out
     return [m for m in METRICS.values()
             if kind in m.kinds and m.default and (m.needs != "paraphrases" or has_paraphrases)]
+
+
+def rank_key(metrics: dict, primary: str) -> tuple:
+    """A key to maximise: the primary metric first (logloss-like ones minimised), then the other metrics in a
+    fixed order (losses minimised), so ties break the same way everywhere."""
+    order = [primary] + [m for m in ("acc", "top1", "gen01", "gen01_paper", "top10", "logloss", "choice_logloss",
+                                     "robust") if m != primary]
+    out = []
+    for name in order:
+        lower = METRICS[name].lower_is_better if name in METRICS else False
+        value = metrics.get(name)
+        if value is None or value != value:  # missing or NaN: worst
+            out.append(float("-inf"))
+        else:
+            out.append(-value if lower else value)
+    return tuple(out)

@@ -200,6 +200,30 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Context and continuation encoded together, as lm-evaluation-harness does: whitespace at the end of the
+    context moves to the start of the continuation, `tokenizer(context + continuation)` is encoded once, and
+    the continuation is the tail after the context's own tokens. So a SentencePiece tokenizer that prepends
+    "▁" to a text encoded alone never gives a continuation starting with a bare "▁".
+    """
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    whole = tokenizer(context + continuation)["input_ids"]
+    ctx = encode_prompt(tokenizer, context)
+    # A tokenizer that appends special tokens (an EOS) puts them after the continuation as well.
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    n_tail = 0
+    while n_tail < len(ctx) - 1 and ctx[len(ctx) - 1 - n_tail] in special:
+        n_tail += 1
+    if n_tail and whole[-n_tail:] == ctx[-n_tail:]:
+        ctx, whole = ctx[:-n_tail], whole[:-n_tail]
+    cont = whole[len(ctx):]
+    if not cont:  # the continuation merged into the context's last token: score it on its own
+        cont = encode_continuation(tokenizer, continuation)
+    return ctx, cont
+
+
 def encode_continuation(tokenizer, text: str) -> list[int]:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:

@@ -43,6 +43,9 @@ class WorkerSpec:
     max_tokens: int | None = None
     svd: str = "exact"
     svd_disk: bool = True
+    protocol: str = "paper"
+    metrics: list[str] | None = None
+    gen_tokens: int = 10
 
 
 class SweepWorker:
@@ -58,6 +61,7 @@ class SweepWorker:
         from ..core.layout import get_layout
         from ..core.svd import SVDCache
         from ..evaluation.evaluate import Prepared
+        from ..evaluation.metrics import choose_metrics
         from ..evaluation.scoring import Scorer
         from ..evaluation.tasks import load_task
         from ..models.loading import load_model
@@ -67,15 +71,19 @@ class SweepWorker:
         spec = self.spec
         torch.set_num_threads(max(1, self.threads))  # never more threads than the CPUs Ray gave us
         loaded = load_model(spec.model, dtype=spec.dtype, device=spec.device, revision=spec.revision)
-        rows = load_task(spec.task, spec.data).select("val", spec.split_seed, spec.limit)
+        task = load_task(spec.task, spec.data, spec.protocol)
+        task.drop_long_answers(loaded.tokenizer)
+        rows = task.select("val", spec.split_seed, spec.limit)
+        metrics = choose_metrics(task.kind, spec.metrics, True)
         device = next(loaded.model.parameters()).device.type
         # This worker's own identity: the driver stores a row only if its key matches the driver's.
         context = {"model": loaded.identity, "task": spec.task_identity, "rows": rows_hash(rows),
-                   "dtype": spec.dtype, "svd": spec.svd, "device": device}
+                   "dtype": spec.dtype, "svd": spec.svd, "device": device,
+                   "metrics": sorted(m.name for m in metrics), "gen_tokens": spec.gen_tokens}
         cache = SVDCache(disk="default" if spec.svd_disk else None, mode=spec.svd)
         self.sweeper = Sweeper(loaded.model, get_layout(loaded.model, spec.module_patterns),
                                Prepared(Scorer(loaded.model, loaded.tokenizer, batch_size=spec.batch_size,
-                                               max_tokens=spec.max_tokens), rows),
+                                               max_tokens=spec.max_tokens), rows, metrics, spec.gen_tokens),
                                ResultStore(None), context, "val", cache)
 
     def run(self, edits: list[dict]) -> tuple[dict, list[dict]]:

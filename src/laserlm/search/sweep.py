@@ -16,6 +16,7 @@ import torch
 from ..core.layout import Layout
 from ..core.edits import Edit, edited, plan
 from ..evaluation.evaluate import Evaluation, Prepared
+from ..evaluation.metrics import rank_key
 from .prefix import PrefixCache
 from .store import ResultStore, candidate_key
 from ..core.svd import SVDCache
@@ -36,11 +37,6 @@ def grid(types: list[str], layers: Iterable[int], amounts: list, methods: list[s
                     if not (kind == "fraction" and isinstance(a, str)):  # prune takes no k=K
                         out.append(Edit(m, t, layer, a))
     return list(dict.fromkeys(out))
-
-
-def rank_key(metrics: dict, primary: str) -> tuple:
-    """Higher primary first, then lower logloss."""
-    return (metrics.get(primary, float("-inf")), -metrics.get("logloss", float("inf")))
 
 
 @dataclass
@@ -133,7 +129,8 @@ class Sweeper:
 
 
 def best_row(rows: list[dict], primary: str) -> dict | None:
-    """Best single-edit row; ties broken by lower logloss, then by the edit's text, for determinism."""
+    """Best single-edit row by `primary` (losses minimised); ties broken by the other metrics, then by the
+    edit's text, for determinism."""
     singles = [r for r in rows if len(r["edits"]) == 1]
     if not singles:
         return None
@@ -147,7 +144,7 @@ def _neg_text(row: dict) -> tuple:
 
 def compose(sweeper: Sweeper, rows: list[dict], base: dict, primary: str, log=None) -> tuple[list[Edit], dict]:
     """Greedy stacking (paper §5.1): each layer's best single edit, layers ordered by that edit's val
-    gain, added when it improves val (primary metric, then logloss)."""
+    gain, added when it improves val (the primary metric, ties broken by the others)."""
     by_layer: dict[int, list[dict]] = {}
     for r in rows:
         if len(r["edits"]) == 1:

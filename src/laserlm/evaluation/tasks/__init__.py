@@ -12,10 +12,11 @@ from .custom import read_task_file
 __all__ = ["BUILTINS", "Example", "Task", "assign_splits", "load_task", "read_task_file"]
 
 
-def load_task(name: str, data: str | None = None) -> Task:
-    """A built-in task name (with an optional local copy of its data), or a custom task file."""
+def load_task(name: str, data: str | None = None, protocol: str = "paper") -> Task:
+    """A built-in task name (with an optional local copy of its data) run under `protocol`, or a custom
+    task file (whose rows carry their own prompts; the protocol does not apply)."""
     if name in BUILTINS:
-        return load_builtin(name, data)
+        return load_builtin(name, data, protocol)
     if Path(name).suffix.lower() in (".jsonl", ".json", ".csv") or Path(name).exists():
         if data:
             raise UserError("--data is for built-in tasks; a custom task file holds its own rows")

@@ -34,21 +34,45 @@ class Example:
 
 @dataclass
 class Task:
+    """Rows and how to run them: the split rule, the primary metric and the metrics reported.
+
+    Built-in benchmarks take these from their protocol (protocols.py); custom files use the defaults.
+    """
+
     name: str
     kind: str  # "cloze" or "choice"
     examples: list[Example]
     description: str = ""
+    split_rule: str = "shuffle"  # or "head": the first 20% of rows in file order are val
+    primary: str | None = None  # None: top1 for cloze, acc for choice
+    metrics: list[str] | None = None  # None: the defaults for the kind
+    gen_tokens: int = 10
+    max_answer_tokens: int | None = None
+    protocol: str | None = None
+
+    def drop_long_answers(self, tokenizer) -> int:
+        """Drop rows whose first answer is longer than `max_answer_tokens` tokens of this tokenizer, counted as
+        the authors did (`len(tokenizer(answer).input_ids)`, special tokens included); returns how many."""
+        if self.max_answer_tokens is None or tokenizer is None:
+            return 0
+        keep = [ex for ex in self.examples
+                if ex.answers is None or len(tokenizer(ex.answers[0])["input_ids"]) <= self.max_answer_tokens]
+        dropped = len(self.examples) - len(keep)
+        self.examples = keep
+        return dropped
 
     def select(self, split: str = "all", seed: int = 0, limit: int | None = None) -> list[Example]:
         """The rows of a split, in file order; at most `limit` of them.
 
-        Rows with an explicit "split" keep it. The others are split by group (a row is its own group
-        unless it says otherwise): the groups, in order of first appearance, are shuffled with
+        Rows with an explicit "split" keep it. With the "head" rule the others' first int(0.2 * n) rows
+        are val (the authors' rule). With "shuffle" they are split by group (a row is its own group unless
+        it says otherwise): the groups, in order of first appearance, are shuffled with
         `random.Random(seed)`, and the first round(0.2 * n_groups) of them go to val.
         """
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}: use val, test or all")
-        assigned = assign_splits(self.examples, seed)
+        assigned = (head_splits(self.examples) if self.split_rule == "head"
+                    else assign_splits(self.examples, seed))
         rows = [ex for ex, s in zip(self.examples, assigned) if split == "all" or s == split]
         if limit is not None:
             if limit < 1:
@@ -57,6 +81,13 @@ class Task:
         if not rows:
             raise UserError(f"task {self.name} has no rows in split {split!r}: use --split all or add rows")
         return rows
+
+
+def head_splits(examples: list[Example]) -> list[str]:
+    """The authors' split: `val_size = int(0.2 * len(predictions))`, the first val_size rows are val."""
+    free = [i for i, ex in enumerate(examples) if ex.split is None]
+    val = set(free[: int(VAL_FRACTION * len(free))])
+    return [ex.split or ("val" if i in val else "test") for i, ex in enumerate(examples)]
 
 
 def assign_splits(examples: list[Example], seed: int) -> list[str]:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ...errors import UserError
+from ..protocols import (PROTOCOLS, bios_gender_prompt, bios_profession_prompt, fever_prompt, get_protocol,
+                         hotpot_prompt, truthful_prompt)
 from .base import Example, Task
 from .custom import read_utf8
 
@@ -28,9 +31,11 @@ BIOS_PROFESSION_IDS = {11: "journalist", 20: "poet", 5: "composer", 12: "model",
 class Builtin:
     kind: str
     source: str  # hub "id[:config] split[+split]" or the vendored file
-    prompt: str  # the prompt form, for --help and README
-    convert: Callable[[Iterable[dict]], list[Example]]
+    convert: Callable[[list[dict], str], list[Example]]  # (rows, protocol name) -> examples
     vendored: str | None = None
+
+    def prompt(self, name: str) -> str:
+        return PROTOCOLS[name]["paper"].template
 
 
 def _bigbench(name: str) -> dict:
@@ -39,28 +44,54 @@ def _bigbench(name: str) -> dict:
         return json.load(f)
 
 
-def _wikidata(rows) -> list[Example]:
-    return [Example(r["input"], answers=[r["target"]] if isinstance(r["target"], str) else list(r["target"]))
-            for r in rows]
+def tasksource_order(rows: list) -> list:
+    """The rows in the order the authors read them: tasksource/bigbench's validation split, then its train split.
+
+    Those splits are BIG-bench's own (bigbench/bbseqio/bigbench_bridge.py): the task's examples shuffled
+    by `random.seed(42); random.shuffle`, the last max(20%, 16) of them validation, the rest train.
+    """
+    rows = list(rows)
+    random.Random(42).shuffle(rows)
+    n_val = max(int(0.2 * len(rows)), 16)
+    return rows[len(rows) - n_val:] + rows[:len(rows) - n_val]
+
+
+def _targets(r: dict) -> list[str]:
+    t = r.get("target", r.get("targets"))
+    return [x.strip() for x in ([t] if isinstance(t, str) else list(t))]
+
+
+def _wikidata(rows, protocol) -> list[Example]:
+    if "inputs" not in rows[0]:  # BIG-bench task.json rows: put them in tasksource's order
+        rows = tasksource_order(rows)
+    out = []
+    for r in rows:
+        targets = _targets(r)
+        if len(targets) == 1:  # src/dataset_utils/bigbench.py:66-70: rows with exactly one target
+            out.append(Example(r.get("inputs", r.get("input", "")).strip(), answers=targets))
+    return out
 
 
 _EPISTEMIC_PREFIX = ("Identify the relation between the following premises and hypotheses, choosing from "
                      "the options 'entailment' or 'non-entailment'.\n")
+_EPISTEMIC = ["entailment", "non-entailment"]
 
 
-def _epistemic(rows) -> list[Example]:
-    names = ["entailment", "non-entailment"]
-    return [Example(f"{_EPISTEMIC_PREFIX}\n{r['input']}\nRelation:", choices=[" " + n for n in names],
-                    label=names.index(next(k for k, v in r["target_scores"].items() if v == 1)))
-            for r in rows]
+def _epistemic(rows, protocol) -> list[Example]:
+    if "inputs" not in rows[0]:
+        rows = tasksource_order(rows)
+    out = []
+    for r in rows:
+        if "inputs" in r:  # tasksource schema: the prefix is already in the input
+            prompt, target = r["inputs"].strip(), _targets(r)[0]
+        else:
+            prompt = f"{_EPISTEMIC_PREFIX}\n{r['input']}\nRelation:"
+            target = next(k for k, v in r["target_scores"].items() if v == 1)
+        out.append(Example(prompt, choices=[" " + n for n in _EPISTEMIC], label=_EPISTEMIC.index(target)))
+    return out
 
 
-def _statement(question: str, answer: str) -> str:
-    text = f"{question} {answer}"
-    return (text if text.endswith(".") else text + ".") + " Is this statement true or false? This statement is"
-
-
-def _truthful_statements(rows) -> list[Example]:
+def _truthful_statements(rows, protocol) -> list[Example]:
     out = []
     for i, r in enumerate(rows):
         if "mc2_targets" in r:  # the hub schema (truthful_qa, multiple_choice)
@@ -69,11 +100,11 @@ def _truthful_statements(rows) -> list[Example]:
         else:  # BIG-bench questions.json
             pairs = [(a, 1) for a in r["True answers"]] + [(a, 0) for a in r["False answers"]]
             question = r["Question"]
-        out += [Example(_statement(question, a), choices=TF, label=int(y), group=f"q{i}") for a, y in pairs]
+        out += [Example(truthful_prompt(question, a), choices=TF, label=int(y), group=f"q{i}") for a, y in pairs]
     return out
 
 
-def _truthful_mc1(rows) -> list[Example]:
+def _truthful_mc1(rows, protocol) -> list[Example]:
     prefix = _bigbench("truthful_qa_mc")["task_prefix"]
     out = []
     for r in rows:
@@ -85,63 +116,68 @@ def _truthful_mc1(rows) -> list[Example]:
     return out
 
 
-def _counterfact(rows) -> list[Example]:
-    return [Example(r["requested_rewrite"]["prompt"].format(r["requested_rewrite"]["subject"]),
-                    answers=[r["requested_rewrite"]["target_true"]["str"]],
-                    paraphrases=list(r.get("paraphrase_prompts", []))) for r in rows]
+def _counterfact(rows, protocol) -> list[Example]:
+    out = []
+    for i, r in enumerate(rows):
+        rw = r["requested_rewrite"]
+        prompt, answer = rw["prompt"].format(rw["subject"]), rw["target_true"]["str"]
+        paraphrases = list(r.get("paraphrase_prompts", []))
+        if protocol == "paper":  # scripts/get_counterfact.py:42-44: every paraphrase is a row of its own
+            out += [Example(p, answers=[answer], group=f"f{i}") for p in [prompt] + paraphrases]
+        else:
+            out.append(Example(prompt, answers=[answer], paraphrases=paraphrases))
+    return out
 
 
-def _hotpot(rows) -> list[Example]:
-    return [Example(f"{r['question'].strip()} The answer is", answers=[r["answer"].strip()]) for r in rows]
+def _hotpot(rows, protocol) -> list[Example]:
+    return [Example(hotpot_prompt(r["question"]), answers=[r["answer"].strip()]) for r in rows]
 
 
-def _fever(rows) -> list[Example]:
+def _consistent(rows) -> list[Example]:
     labels: dict[str, set] = {}
     for r in rows:
         y = r["label"]
         y = {"SUPPORTS": 1, "REFUTES": 0}.get(y, y) if isinstance(y, str) else y
         if y in (0, 1):
             labels.setdefault(r["claim"], set()).add(y)
-    # As in the original: keep claims whose annotations agree, once each.
-    return [Example(f"Consider the following claim: {c} Is this claim true or false? The claim is",
-                    choices=TF, label=ys.pop()) for c, ys in labels.items() if len(ys) == 1]
+    return [Example(fever_prompt(c), choices=TF, label=ys.pop()) for c, ys in labels.items() if len(ys) == 1]
 
 
-def _bios_gender(rows) -> list[Example]:
-    return [Example(f"{r['hard_text']} Is the person male or female? The person is",
-                    choices=[" male", " female"], label=int(r["gender"])) for r in rows]
+def _fever(rows, protocol) -> list[Example]:
+    # src/dataset_utils/fever.py:12-63: claims whose annotations agree, once each, within paper_dev and
+    # within paper_test separately; dev rows first.
+    by_split: dict[str, list] = {}
+    for r in rows:
+        by_split.setdefault(r.get("_split", ""), []).append(r)
+    return [ex for part in by_split.values() for ex in _consistent(part)]
 
 
-def _bios_profession(rows) -> list[Example]:
-    return [Example(f"{r['hard_text']} What is the person's profession? Answer:",
-                    choices=[" " + p for p in PROFESSIONS],
+def _bios_gender(rows, protocol) -> list[Example]:
+    return [Example(bios_gender_prompt(r["hard_text"]), choices=[" male", " female"], label=int(r["gender"]))
+            for r in rows]
+
+
+def _bios_profession(rows, protocol) -> list[Example]:
+    return [Example(bios_profession_prompt(r["hard_text"]), choices=[" " + p for p in PROFESSIONS],
                     label=PROFESSIONS.index(BIOS_PROFESSION_IDS[int(r["profession"])]))
             for r in rows if int(r["profession"]) in BIOS_PROFESSION_IDS]
 
 
 BUILTINS: dict[str, Builtin] = {
-    "bb_wikidata": Builtin("cloze", "vendored BIG-bench qa_wikidata (20,442 rows)", "{input}", _wikidata,
-                           "qa_wikidata"),
-    "bb_epistemic": Builtin("choice", "vendored BIG-bench epistemic_reasoning (2,000 rows)",
-                            "{task prefix}\\n{premise/hypothesis}\\nRelation: -> entailment | non-entailment",
-                            _epistemic, "epistemic_reasoning"),
-    "truthfulqa": Builtin("choice", "vendored BIG-bench truthful_qa questions (299 questions -> 2,021 true/false "
-                          "statements); --data takes the hub's truthful_qa:multiple_choice validation rows",
-                          "{question} {answer}. Is this statement true or false? This statement is -> false | true",
-                          _truthful_statements, "truthful_qa_questions"),
+    "bb_wikidata": Builtin("cloze", "vendored BIG-bench qa_wikidata (20,442 rows; 18,933 with one target)",
+                           _wikidata, "qa_wikidata"),
+    "bb_epistemic": Builtin("choice", "vendored BIG-bench epistemic_reasoning (2,000 rows)", _epistemic,
+                            "epistemic_reasoning"),
+    "truthfulqa": Builtin("choice", "vendored BIG-bench truthful_qa questions (299 questions -> 2,021 statements); "
+                          "the paper's data is the hub's truthful_qa:multiple_choice validation (817 questions, "
+                          "--data)", _truthful_statements, "truthful_qa_questions"),
     "truthfulqa_mc1": Builtin("choice", "vendored BIG-bench truthful_qa task_mc (mc1); --data takes the hub's "
-                              "truthful_qa:multiple_choice rows", "{6-shot prefix}\\nQ: {question}\\nA: -> answers",
-                              _truthful_mc1, "truthful_qa_mc"),
-    "counterfact": Builtin("cloze", "azhx/counterfact train", "{requested_rewrite.prompt with subject} "
-                           "-> target_true, with paraphrase_prompts", _counterfact),
-    "hotpotqa": Builtin("cloze", "hotpotqa/hotpot_qa:fullwiki validation", "{question} The answer is -> answer",
-                        _hotpot),
-    "fever": Builtin("choice", "EleutherAI/fever:v1.0 paper_dev+paper_test", "Consider the following claim: "
-                     "{claim} Is this claim true or false? The claim is -> false | true", _fever),
-    "bios_gender": Builtin("choice", "LabHC/bias_in_bios dev", "{hard_text} Is the person male or female? "
-                           "The person is -> male | female", _bios_gender),
-    "bios_profession": Builtin("choice", "LabHC/bias_in_bios dev (8 professions)", "{hard_text} What is the "
-                               "person's profession? Answer: -> journalist | poet | ...", _bios_profession),
+                              "truthful_qa:multiple_choice rows", _truthful_mc1, "truthful_qa_mc"),
+    "counterfact": Builtin("cloze", "azhx/counterfact train", _counterfact),
+    "hotpotqa": Builtin("cloze", "hotpotqa/hotpot_qa:fullwiki train[:7405]+validation", _hotpot),
+    "fever": Builtin("choice", "EleutherAI/fever:v1.0 paper_dev+paper_test", _fever),
+    "bios_gender": Builtin("choice", "LabHC/bias_in_bios dev", _bios_gender),
+    "bios_profession": Builtin("choice", "LabHC/bias_in_bios dev (8 professions)", _bios_profession),
 }
 
 
@@ -177,14 +213,16 @@ def _hub_rows(source: str) -> list[dict]:
     ref, splits = source.split(" ")[:2]
     hub_id, _, config = ref.partition(":")
     try:
-        return [row for s in splits.split("+") for row in load_dataset(hub_id, config or None, split=s)]
+        # Each row remembers its hub split: FEVER deduplicates within a split.
+        return [{**row, "_split": s} for s in splits.split("+") for row in load_dataset(hub_id, config or None, split=s)]
     except Exception as e:  # datasets raises many types for an unreachable hub
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load {hub_id} from the hub ({reason}): pass --data PATH, a local copy") from None
 
 
-def load_builtin(name: str, data: str | None = None) -> Task:
+def load_builtin(name: str, data: str | None = None, protocol: str = "paper") -> Task:
     spec = BUILTINS[name]
+    proto = get_protocol(name, protocol)
     if data:
         rows = _local_rows(Path(data).expanduser())
     elif spec.vendored:
@@ -192,10 +230,12 @@ def load_builtin(name: str, data: str | None = None) -> Task:
     else:
         rows = _hub_rows(spec.source)
     try:
-        examples = spec.convert(rows)
-    except (KeyError, TypeError, ValueError) as e:
+        examples = spec.convert(rows, protocol) if rows else []
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"rows for {name} are not in the expected schema (missing or bad {e}); "
                         f"the source is {spec.source}") from None
     for i, ex in enumerate(examples):
         ex.index = i
-    return Task(name, spec.kind, examples, description=spec.source)
+    return Task(name, spec.kind, examples, description=spec.source, split_rule=proto.split, primary=proto.primary,
+                metrics=list(proto.metrics), gen_tokens=proto.gen_tokens, max_answer_tokens=proto.max_answer_tokens,
+                protocol=protocol)
