@@ -24,7 +24,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/laser info demo
-	$(VENV)/bin/laser search demo -t bb_wikidata --layers 26-29 --rhos 0.1,0.01 --limit 100 --compose -o $(DEMO_DIR)
+	$(VENV)/bin/laser search demo -t bb_wikidata --metric top1 --layers 24-29 --rhos 0.1,0.01 --limit 200 --test-limit 600 --compose -o $(DEMO_DIR)
 	@echo "plots: $(DEMO_DIR)/plot_top1.png $(DEMO_DIR)/plot_logloss.png"
 
 test: $(STAMP)

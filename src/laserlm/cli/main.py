@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from ..errors import UserError
-from . import analyze, apply, evaluate, info, report, search
+from . import analyze, apply, evaluate, info, report, reproduce, search
 from .options import Parser, formatter
 
 # name: (module, summary). Each module has register(parser) and EXAMPLE.
@@ -20,6 +20,8 @@ COMMANDS = {
     "eval": (evaluate, evaluate.register_eval, "Evaluate a model on a task (edits applied for the evaluation only)."),
     "search": (search, search.register_search,
                "Sweep (type, layer, rho) on val, pick the best, report val and test."),
+    "reproduce": (reproduce, reproduce.register_reproduce,
+                  "The paper's protocol on each benchmark: a search each, and table1.md."),
     "report": (report, report.register_report, "Regenerate report.md and plots of a search from its run folder."),
     "analyze": (analyze, analyze.register_analyze, "The paper's analyses: spectrum, perplexity, components."),
 }

@@ -151,6 +151,21 @@ def add_batch_args(p) -> None:
                         "the activations of one batch do not fit")
 
 
+def task_identity(task: str, data: str | None, protocol: str) -> str:
+    """What a run's results are for: a built-in name (with its protocol), or a file by content hash."""
+    import hashlib
+    from pathlib import Path
+
+    from ..evaluation.tasks import BUILTINS
+
+    if task in BUILTINS and not data:
+        return task if protocol == "paper" else f"{task} --protocol {protocol}"
+    path = Path(data or task).expanduser()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "?"
+    name = task if task not in BUILTINS or protocol == "paper" else f"{task} --protocol {protocol}"
+    return name + (f" --data {path.name}" if data else "") + f" ({digest})"
+
+
 def task_from_args(args):
     from ..evaluation.tasks import load_task
 
@@ -168,15 +183,17 @@ def rows_for(task, split: str, args, tokenizer, limit):
 
 def task_metrics(task, names: list[str] | None, loaded, examples, also: str | None = None):
     """The user's metrics, else the task's (its protocol's); a masked LM skips generation metrics it cannot
-    compute unless the user asked for them. `also` adds the selection metric."""
+    compute unless the user asked for them. `also` is a search's selection metric: it is added, and the
+    generation metrics, which cost a generate() per candidate, are kept only if it is one of them."""
     from ..evaluation.metrics import METRICS, choose_metrics
     from ..evaluation.scoring import is_masked_lm
 
     chosen = list(names or task.metrics or [m.name for m in choose_metrics(task.kind, None, True)])
     if not names and is_masked_lm(loaded.model):
         chosen = [m for m in chosen if METRICS[m].needs != "generate"]
-    if also and also not in chosen:
-        chosen.append(also)
+    if also:
+        chosen = [m for m in chosen if METRICS[m].needs != "generate" or m == also]
+        chosen += [] if also in chosen else [also]
     if not any(e.paraphrases for e in examples):
         chosen = [m for m in chosen if METRICS[m].needs != "paraphrases"] or chosen
     return choose_metrics(task.kind, chosen, True)

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 from ...errors import UserError
 from ..protocols import (PROTOCOLS, bios_gender_prompt, bios_profession_prompt, fever_prompt, get_protocol,
