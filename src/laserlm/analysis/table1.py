@@ -41,13 +41,14 @@ def _paper(value) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def table1(model: str, results: dict[str, dict], skipped: dict[str, str], seconds: float) -> str:
+def table1(model: str, results: dict[str, dict], skipped: dict[str, str], seconds: float,
+           grid: str = "mlp_in, mlp_out; every layer; rho in 0.9 ... 0.005") -> str:
     """Markdown for `results` (benchmark -> reproduce's result: best.json plus "n_val"/"n_test")."""
     paper = paper_numbers(model)
     lines = [f"# LASER on {model}: the paper's Table 1 protocol", "",
-             "Each benchmark: the paper's grid (mlp_in, mlp_out; every layer; rho in 0.9 ... 0.005), selected on "
-             "val, reported on test, under `--protocol paper`. Accuracy is the protocol's primary metric (%); "
-             "loss is the mean per-token NLL of the gold answer over the whole vocabulary.", ""]
+             f"Each benchmark: a search over {grid}, selected on val, reported on test, under `--protocol paper`. "
+             "Accuracy is the protocol's primary metric (%); loss is the mean per-token NLL of the gold answer "
+             "over the whole vocabulary.", ""]
     head = "| benchmark | metric | n val / test | base acc | LASER acc | base loss | LASER loss | (tau, l, rho) |"
     rule = "|---|---|---|---|---|---|---|---|"
     if paper:
@@ -73,9 +74,9 @@ def table1(model: str, results: dict[str, dict], skipped: dict[str, str], second
     return "\n".join(lines) + "\n"
 
 
-def write_table1(out_dir: Path, model: str, results: dict, skipped: dict, seconds: float) -> Path:
+def write_table1(out_dir: Path, model: str, results: dict, skipped: dict, seconds: float, grid: str = "") -> Path:
     path = Path(out_dir) / "table1.md"
-    path.write_text(table1(model, results, skipped, seconds))
+    path.write_text(table1(model, results, skipped, seconds, grid) if grid else table1(model, results, skipped, seconds))
     (Path(out_dir) / "table1.json").write_text(json.dumps({"model": model, "results": results, "skipped": skipped,
                                                            "seconds": seconds}, indent=2) + "\n")
     return path

@@ -19,6 +19,67 @@ def _prompt_ids(scorer, ex) -> list[int]:
     return _pair(scorer, ex.prompt, ex.choices[0] if ex.choices else " " + ex.answers[0])[0]
 
 
+def _run_harness(args) -> int:
+    """`--lm-eval`: lm-eval's own evaluation of the in-memory model; with edits, of the base model too, and
+    the difference per task and metric (what the edit costs elsewhere)."""
+    from ..core.edits import edited, plan
+    from ..core.layout import get_layout
+    from ..evaluation.harness import flat_metrics, import_lm_eval, run_harness
+
+    if args.task or args.text:
+        raise UserError("--lm-eval runs harness tasks alone: drop -t/--text, or run them in another laser eval")
+    output_file(args.json, "--json")
+    import_lm_eval()
+    if args.lm_eval_include and not Path(args.lm_eval_include).is_dir():
+        raise UserError(f"--lm-eval-include {args.lm_eval_include} is not a folder")
+    names = [n.strip() for n in args.lm_eval.split(",") if n.strip()]
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    if loaded.tokenizer is None:
+        raise UserError("this model has no tokenizer: lm-eval needs one next to the weights")
+    layout = get_layout(loaded.model, args.module_pattern)
+    steps = plan(loaded.model, args.edit, layout)
+
+    def harness():
+        return run_harness(loaded.model, loaded.tokenizer, names, include=args.lm_eval_include, limit=args.limit,
+                           batch_size=args.batch_size)
+
+    t0 = time.perf_counter()
+    base = harness() if steps else None
+    with edited(loaded.model, [s.edit for s in steps], layout=layout, svd_cache=cache):
+        result = harness()
+    secs = time.perf_counter() - t0
+    after = flat_metrics(result)
+    edits = [s.edit.to_json() for s in steps]
+    if base is None:
+        print_metrics(f"{args.model} on lm-eval {', '.join(names)} (limit {args.limit}), {secs:.1f} s", after)
+    else:
+        before = flat_metrics(base)
+        _print_cost(f"{args.model}: base against {' '.join(str(s.edit) for s in steps)}, lm-eval, {secs:.1f} s",
+                    before, after)
+    if args.json:
+        doc = {"model": args.model, "task": "lm-eval:" + ",".join(names), "split": "lm-eval", "n": args.limit,
+               "edits": edits, "metrics": after, "lm_eval": result, "seconds": round(secs, 3)}
+        if base is not None:
+            doc.update(base_metrics=flat_metrics(base), lm_eval_base=base,
+                       difference={k: after[k] - v for k, v in flat_metrics(base).items() if k in after})
+        Path(args.json).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return 0
+
+
+def _print_cost(title: str, before: dict, after: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("task/metric", "base", "edited", "difference")
+    for k in before:
+        if k in after:
+            table.add_row(k, f"{before[k]:.4f}", f"{after[k]:.4f}", f"{after[k] - before[k]:+.4f}")
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(title)
+    console.print(table)
+
+
 def run_eval(args) -> int:
     from tqdm import tqdm
 
@@ -27,8 +88,10 @@ def run_eval(args) -> int:
     from ..evaluation.evaluate import evaluate, perplexity
     from ..evaluation.metrics import choose_metrics
 
+    if args.lm_eval:
+        return _run_harness(args)
     if not args.task and not args.text:
-        raise UserError("name a task with -t TASK, or a text file with --text FILE for perplexity")
+        raise UserError("name a task with -t TASK, --lm-eval TASKS, or a text file with --text FILE for perplexity")
     output_file(args.json, "--json")
     output_file(args.predictions, "--predictions")
     if args.stride > args.window:
@@ -91,7 +154,13 @@ def register_eval(p):
     p.add_argument("--text", metavar="FILE", help="also (or only) measure perplexity on this text file")
     p.add_argument("--window", type=positive_int, default=1024, help="perplexity context window in tokens (default 1024)")
     p.add_argument("--stride", type=positive_int, default=512, help="perplexity sliding-window stride (default 512)")
-    p.add_argument("--json", metavar="FILE", help="write {model, task, split, n, edits, metrics} as JSON")
+    p.add_argument("--lm-eval", metavar="TASKS",
+                   help="run lm-evaluation-harness tasks (comma-separated) on the in-memory model instead of -t; "
+                        "with -e, the base model too, and the difference per task ('what it costs elsewhere'). "
+                        "--limit caps the documents per task; --lm-eval-include adds local task YAMLs. Needs "
+                        "pip install 'laserlm[lmeval]'")
+    p.add_argument("--json", metavar="FILE", help="write {model, task, split, n, edits, metrics} as JSON "
+                                                   "(with --lm-eval, lm-eval's result dict under \"lm_eval\")")
     p.add_argument("--predictions", metavar="FILE", help="write one JSON line per example with its scores")
     p.set_defaults(run=run_eval)
 
@@ -99,4 +168,5 @@ def register_eval(p):
 EXAMPLE = """laser eval demo -t bb_wikidata --split val --limit 1000 --json base.json
 laser eval demo -t bb_wikidata --split val --limit 1000 -e mlp_in:27:0.01
 laser eval demo -t rows.jsonl --metrics top1,gen01
-laser eval demo --text book.txt -e mlp:20-29:0.1"""
+laser eval demo --text book.txt -e mlp:20-29:0.1
+laser eval EleutherAI/gpt-j-6b -e mlp_in:27:0.01 --lm-eval arc_easy,hellaswag --limit 500"""

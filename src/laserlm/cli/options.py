@@ -130,7 +130,10 @@ def add_task_args(p, required: bool) -> None:
     p.description = (f"{p.description}\n\nbuilt-in tasks (prompts, rows and splits of each protocol in "
                      f"docs/protocols.md):\n{table}")
     p.add_argument("-t", "--task", metavar="TASK", required=required,
-                   help="a built-in task (listed above) or a .jsonl/.json/.csv file of cloze or choice rows")
+                   help="a built-in task (listed above), a .jsonl/.json/.csv file of cloze or choice rows, or "
+                        "lm-eval:NAME, a multiple_choice or loglikelihood task of lm-evaluation-harness")
+    p.add_argument("--lm-eval-include", metavar="DIR",
+                   help="a folder of lm-eval task YAMLs (lm-eval's include_path), for local harness tasks")
     p.add_argument("--data", metavar="PATH", help="a local copy of a built-in task's data, in its hub schema")
     p.add_argument("--protocol", choices=["paper", "laserlm"], default="paper",
                    help="built-in tasks: 'paper' (default) runs the authors' prompts, rows, first-20%%-is-val split "
@@ -167,9 +170,13 @@ def task_identity(task: str, data: str | None, protocol: str) -> str:
 
 
 def task_from_args(args):
+    from pathlib import Path
+
     from ..evaluation.tasks import load_task
 
-    return load_task(args.task, args.data, args.protocol)
+    if args.lm_eval_include and not Path(args.lm_eval_include).is_dir():
+        raise UserError(f"--lm-eval-include {args.lm_eval_include} is not a folder")
+    return load_task(args.task, args.data, args.protocol, args.lm_eval_include)
 
 
 def rows_for(task, split: str, args, tokenizer, limit):

@@ -52,6 +52,8 @@ def run_reproduce(args) -> int:
     layers = parse_layers(args.layers, f"--layers {args.layers}")
     layers = list(range(layout.n_layers)) if layers is None else list(layers)
     scorer = scorer_for(loaded, args)
+    grid = (f"mlp_in, mlp_out; layers {'all' if args.layers == 'all' else args.layers}; "
+            f"rho in {', '.join(f'{a:g}' for a in amounts)}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     results, skipped = {}, {}
@@ -84,11 +86,11 @@ def run_reproduce(args) -> int:
         write_report(job.run_dir)
         results[name] = {**result, "n_val": len(val), "n_test": len(test)}
         print("\n".join(f"{name}: {line}" for line in summary_lines(result)))
-        write_table1(out, args.model, results, skipped, time.perf_counter() - t0)  # a partial table as we go
+        write_table1(out, args.model, results, skipped, time.perf_counter() - t0, grid)  # a partial table as we go
     if not results:
         raise UserError("no benchmark could run: give --data-dir with local copies of the hub benchmarks, or "
                         f"--benchmarks {','.join(OFFLINE)} (offline)")
-    path = write_table1(out, args.model, results, skipped, time.perf_counter() - t0)
+    path = write_table1(out, args.model, results, skipped, time.perf_counter() - t0, grid)
     print(path.read_text())
     print(f"table: {path}")
     return 0

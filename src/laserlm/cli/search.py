@@ -52,7 +52,8 @@ def _ray_sweep(args, layout):
                           revision=args.revision, module_patterns=args.module_pattern, data=_absolute(args.data),
                           split_seed=args.split_seed, limit=args.limit, batch_size=args.batch_size,
                           max_tokens=args.max_tokens, svd=args.svd, svd_disk=not args.no_svd_cache,
-                          protocol=args.protocol, metrics=on_val.context["metrics"],
+                          protocol=args.protocol, lm_eval_include=_absolute(args.lm_eval_include),
+                          metrics=on_val.context["metrics"],
                           gen_tokens=on_val.context["gen_tokens"])
         ray_sweep(spec, pending, on_val.store, layout.n_layers, context=on_val.context, workers=args.workers,
                   gpus_per_worker=args.gpus_per_worker or 0.0, address=args.ray_address, on_done=on_done)

@@ -72,7 +72,10 @@ def records_from(examples: list[Example], requests: list[Request], results, enco
             best = max(range(len(scores)), key=lambda c: (scores[c], -c))  # first index on ties
             gold = per_choice[ex.label]
             lse = torch.logsumexp(torch.tensor(scores, dtype=torch.float64), 0).item()
+            # lm-eval's acc_norm: log-likelihood per character of the choice, its leading space left out
+            norm = [sc / max(1, len(c.lstrip(" "))) for sc, c in zip(scores, ex.choices)]
             rec.update(scores=scores, pred=best, acc=best == ex.label, nll=-sum(gold) / len(gold),
+                       acc_norm=max(range(len(norm)), key=lambda c: (norm[c], -c)) == ex.label,
                        choice_logloss=-(scores[ex.label] - lse),
                        continuations=[{"text": c, "ids": ids, "logprob": s}
                                       for c, ids, s in zip(ex.choices, encodings[i], scores)])

@@ -70,6 +70,13 @@ def _acc(records):
     return _mean(r["acc"] for r in records)
 
 
+@register_metric("acc_norm", ("choice",), default=False,
+                 help="as acc, each choice's log-probability divided by its length in characters (its leading "
+                      "space left out), as lm-evaluation-harness's acc_norm")
+def _acc_norm(records):
+    return _mean(r["acc_norm"] for r in records)
+
+
 @register_metric("robust", ("cloze",), needs="paraphrases",
                  help="the prompt and every paraphrase are top-1 correct")
 def _robust(records):
@@ -108,8 +115,8 @@ def choose_metrics(kind: str, names: list[str] | None, has_paraphrases: bool) ->
 def rank_key(metrics: dict, primary: str) -> tuple:
     """A key to maximise: the primary metric first (logloss-like ones minimised), then the other metrics in a
     fixed order (losses minimised), so ties break the same way everywhere."""
-    order = [primary] + [m for m in ("acc", "top1", "gen01", "gen01_paper", "top10", "logloss", "choice_logloss",
-                                     "robust") if m != primary]
+    order = [primary] + [m for m in ("acc", "top1", "gen01", "gen01_paper", "acc_norm", "top10", "logloss",
+                                     "choice_logloss", "robust") if m != primary]
     out = []
     for name in order:
         lower = METRICS[name].lower_is_better if name in METRICS else False

@@ -44,6 +44,7 @@ class WorkerSpec:
     svd: str = "exact"
     svd_disk: bool = True
     protocol: str = "paper"
+    lm_eval_include: str | None = None
     metrics: list[str] | None = None
     gen_tokens: int = 10
 
@@ -71,7 +72,7 @@ class SweepWorker:
         spec = self.spec
         torch.set_num_threads(max(1, self.threads))  # never more threads than the CPUs Ray gave us
         loaded = load_model(spec.model, dtype=spec.dtype, device=spec.device, revision=spec.revision)
-        task = load_task(spec.task, spec.data, spec.protocol)
+        task = load_task(spec.task, spec.data, spec.protocol, spec.lm_eval_include)
         task.drop_long_answers(loaded.tokenizer)
         rows = task.select("val", spec.split_seed, spec.limit)
         metrics = choose_metrics(task.kind, spec.metrics, True)

@@ -12,9 +12,16 @@ from .custom import read_task_file
 __all__ = ["BUILTINS", "Example", "Task", "assign_splits", "load_task", "read_task_file"]
 
 
-def load_task(name: str, data: str | None = None, protocol: str = "paper") -> Task:
-    """A built-in task name (with an optional local copy of its data) run under `protocol`, or a custom
-    task file (whose rows carry their own prompts; the protocol does not apply)."""
+def load_task(name: str, data: str | None = None, protocol: str = "paper", lm_eval_include: str | None = None) -> Task:
+    """A built-in task name (with an optional local copy of its data) run under `protocol`, a harness task
+    `lm-eval:NAME` (found among lm-eval's tasks or in `lm_eval_include`), or a custom task file (whose rows
+    carry their own prompts; the protocol does not apply)."""
+    if name.startswith("lm-eval:"):
+        from ..harness import harness_task
+
+        if data:
+            raise UserError("--data is for built-in tasks; an lm-eval task names its own data in its YAML")
+        return harness_task(name, lm_eval_include)
     if name in BUILTINS:
         return load_builtin(name, data, protocol)
     if Path(name).suffix.lower() in (".jsonl", ".json", ".csv") or Path(name).exists():

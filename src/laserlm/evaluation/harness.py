@@ -1,0 +1,110 @@
+"""lm-evaluation-harness: run its tasks on the in-memory model, and read its tasks as our rows.
+
+Two uses. `run_harness` hands the model object, as edited at that moment, to lm-eval's own Hugging Face
+wrapper and `simple_evaluate` (its numbers, its normalisations). `harness_task` turns a harness task's
+documents into our Examples with lm-eval's own request strings (context and continuation, target
+delimiter included), so `laser search -t lm-eval:TASK` runs with the prefix cache, the resumable store and
+everything else a built-in task has. lm-eval is imported only here, and only when asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..errors import UserError
+from .tasks.base import Example, Task
+
+INSTALL = "pip install 'laserlm[lmeval]'"
+PREFIX = "lm-eval:"
+
+
+def import_lm_eval():
+    try:
+        import lm_eval
+    except ImportError:
+        raise UserError(f"lm-evaluation-harness tasks need lm-eval: {INSTALL}") from None
+    logging.getLogger("lm-eval").setLevel(logging.ERROR)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    return lm_eval
+
+
+def _task_objects(names: list[str], include: str | None) -> dict:
+    import_lm_eval()
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    manager = TaskManager(include_path=include) if include else TaskManager()
+    unknown = [n for n in names if n not in manager.all_tasks]
+    if unknown:
+        where = f" or in {include}" if include else " (local tasks: --lm-eval-include DIR)"
+        raise UserError(f"unknown lm-eval task {', '.join(unknown)}: not among lm-eval's tasks{where}")
+    try:
+        tasks = get_task_dict(names, manager)
+    except Exception as e:  # datasets raises many types for an unreachable hub or a bad data file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load lm-eval task {', '.join(names)} ({reason})") from None
+    return tasks, manager
+
+
+def run_harness(model, tokenizer, names: list[str], *, include: str | None = None, limit: int | None = None,
+                batch_size: int | None = None) -> dict:
+    """lm-eval's result dict for `names` on `model` as it is now (apply edits around this call)."""
+    lm_eval = import_lm_eval()
+    from lm_eval.models.huggingface import HFLM
+
+    _, manager = _task_objects(names, include)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size or 16,
+              device=str(next(model.parameters()).device))
+    out = lm_eval.simple_evaluate(model=lm, tasks=names, limit=limit, task_manager=manager, log_samples=False,
+                                  bootstrap_iters=0, verbosity="ERROR")
+    return {k: v for k, v in out.items() if k in ("results", "versions", "n-shot", "configs", "n-samples")}
+
+
+def flat_metrics(result: dict) -> dict[str, float]:
+    """{"task/metric": value}, lm-eval's filter suffix (",none") dropped, stderr left out."""
+    out = {}
+    for task, metrics in result.get("results", {}).items():
+        for key, value in metrics.items():
+            name, _, filt = key.partition(",")
+            if isinstance(value, (int, float)) and "stderr" not in name and name != "alias":
+                out[f"{task}/{name}" + ("" if filt in ("", "none") else f"[{filt}]")] = float(value)
+    return out
+
+
+def harness_task(spec: str, include: str | None = None) -> Task:
+    """A harness task (`lm-eval:NAME`) as our rows, with lm-eval's exact context and continuation strings.
+
+    multiple_choice docs become choice rows; loglikelihood docs become cloze rows whose answer is the
+    target (lm-eval's `acc` there is "every target token greedy", our `top1` for single-token targets).
+    Rows from the task's validation docs are val and from its test docs test, when it has both; otherwise
+    they carry no split and --split-seed splits them.
+    """
+    name = spec[len(PREFIX):]
+    tasks, _ = _task_objects([name], include)
+    task = tasks[name]
+    kind = {"multiple_choice": "choice", "loglikelihood": "cloze"}.get(task.OUTPUT_TYPE)
+    if kind is None:
+        raise UserError(f"lm-eval task {name} is {task.OUTPUT_TYPE}: as a search objective only multiple_choice and "
+                        "loglikelihood tasks are supported; evaluate it with laser eval --lm-eval")
+    both = task.has_validation_docs() and task.has_test_docs()
+    sources = [("val", task.validation_docs()), ("test", task.test_docs())] if both else \
+        [(None, task.test_docs() if task.has_test_docs() else task.validation_docs())]
+    examples = []
+    for split, docs in sources:
+        for doc in docs:
+            ctx = task.fewshot_context(doc, 0)
+            requests = task.construct_requests(doc=doc, ctx=ctx, metadata=(name, 0, 1))
+            requests = requests if isinstance(requests, list) else [requests]
+            context = requests[0].arguments[0]
+            if kind == "choice":
+                gold = task.doc_to_target(doc)
+                choices = [r.arguments[1] for r in requests]
+                label = gold if isinstance(gold, int) else task.doc_to_choice(doc).index(gold)
+                examples.append(Example(context, choices=choices, label=label, split=split))
+            else:
+                target = requests[0].arguments[1]
+                examples.append(Example(context, answers=[target.lstrip(" ")], split=split))
+    for i, ex in enumerate(examples):
+        ex.index = i
+    primary = "acc" if kind == "choice" else "top1"
+    metrics = ["acc", "acc_norm", "logloss", "choice_logloss"] if kind == "choice" else ["top1", "top10", "logloss"]
+    return Task(spec, kind, examples, description=f"lm-eval task {name}", primary=primary, metrics=metrics)
