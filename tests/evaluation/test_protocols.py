@@ -138,3 +138,33 @@ def test_every_builtin_has_both_protocols():
     assert PROTOCOLS["bb_wikidata"]["laserlm"].primary == "gen01"
     with pytest.raises(Exception, match="unknown --protocol"):
         get_protocol("fever", "mine")
+
+
+def test_masked_lms_get_the_authors_roberta_prompts(tmp_path):
+    import torch
+
+    from laserlm.evaluation.evaluate import build_requests, evaluate
+    from laserlm.evaluation.scoring import Scorer
+
+    from conftest import build_tiny, tiny_tokenizer
+
+    rows = [{"hard_text": "She is a poet", "gender": 1, "profession": 20}]
+    task = _load(tmp_path, "bios_gender", rows)
+    assert task.examples[0].mlm_prompt == ("Consider the following text: She is a poet. Is the person in this text a "
+                                           "male or female? This person is <mask>.")
+    fact = {"requested_rewrite": {"prompt": "{} is located in", "subject": "Paris", "target_true": {"str": "France"}},
+            "paraphrase_prompts": []}
+    assert _load(tmp_path, "counterfact", [fact]).examples[0].mlm_prompt == "Paris is located in <mask>."
+    fever = _load(tmp_path, "fever", [{"claim": "A cat sat", "label": 1}]).examples[0]
+    assert fever.mlm_prompt == "Consider the following claim: A cat sat. Is this claim true or false. The claim is <mask>"
+    model, tok = build_tiny("roberta"), tiny_tokenizer(masked=True)
+    ex = task.examples[0]
+    reqs, _ = build_requests(Scorer(model, tok), [ex], False)
+    ids = reqs[0].ids
+    at = ids.index(tok.mask_token_id)
+    assert ids[at + 1:] == tok("x .")["input_ids"][-2:]  # the mask is followed by "." and [SEP], as written
+    assert reqs[0].targets == [(at, tok.convert_tokens_to_ids("male"))]
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, at], -1)
+    scores = evaluate(Scorer(model, tok), [ex]).records[0]["scores"]
+    assert scores == pytest.approx([lp[tok.convert_tokens_to_ids(w)].item() for w in ("male", "female")], abs=1e-5)

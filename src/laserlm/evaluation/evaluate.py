@@ -9,8 +9,8 @@ import torch
 
 from ..errors import UserError
 from .metrics import Metric, choose_metrics
-from .scoring import (Request, Scorer, causal_request, encode_continuation, encode_pair, encode_prompt, masked_request,
-                      max_positions)
+from .scoring import (Request, Scorer, causal_request, encode_continuation, encode_pair, encode_prompt,
+                      masked_at_request, masked_request, max_positions)
 from .tasks import Example
 
 
@@ -21,7 +21,9 @@ class Evaluation:
     n: int
 
 
-def _request(scorer: Scorer, prompt_ids, cont_ids, topk: bool, key: tuple) -> Request:
+def _request(scorer: Scorer, prompt_ids, cont_ids, topk: bool, key: tuple, template: str | None = None) -> Request:
+    if scorer.mlm and template:
+        return masked_at_request(scorer.tokenizer, template, cont_ids, topk, key, max_positions(scorer.model))
     if scorer.mlm:
         return masked_request(scorer.tokenizer, prompt_ids, cont_ids, topk, key, max_positions(scorer.model))
     return causal_request(prompt_ids, cont_ids, topk, key, max_positions(scorer.model))
@@ -45,11 +47,11 @@ def build_requests(scorer: Scorer, examples: list[Example], paraphrases: bool) -
             for c, choice in enumerate(ex.choices):
                 prompt_ids, cont_ids = _pair(scorer, ex.prompt, choice)
                 encodings[i].append(cont_ids)
-                requests.append(_request(scorer, prompt_ids, cont_ids, False, (i, "choice", c)))
+                requests.append(_request(scorer, prompt_ids, cont_ids, False, (i, "choice", c), ex.mlm_prompt))
             continue
         pairs = [_pair(scorer, ex.prompt, " " + a) for a in ex.answers]
         encodings[i] = [cont for _, cont in pairs]
-        requests.append(_request(scorer, pairs[0][0], pairs[0][1], True, (i, "main", 0)))
+        requests.append(_request(scorer, pairs[0][0], pairs[0][1], True, (i, "main", 0), ex.mlm_prompt))
         if paraphrases:
             for p, text in enumerate(ex.paraphrases):
                 para_ids, cont = _pair(scorer, text, " " + ex.answers[0])

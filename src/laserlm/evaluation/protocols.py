@@ -110,3 +110,26 @@ def truthful_prompt(question: str, answer: str) -> str:
 def hotpot_prompt(question: str) -> str:
     q = question.strip()
     return f"{q} The answer is" if q.endswith(("?", ".")) else f"{q}? The answer is"
+
+
+# The authors' RoBERTa prompts: the answer goes at "<mask>" (src/intervention_roberta_*.py).
+def bios_gender_mlm(bio: str) -> str:  # src/intervention_roberta_bios_gender.py:300-305
+    return (f"Consider the following text: {with_period(bio)} Is the person in this text a male or female? "
+            "This person is <mask>.")
+
+
+def bios_profession_mlm(bio: str) -> str:  # src/intervention_roberta_bios_profession.py:286-291
+    return (f"Consider the following text: {with_period(bio)} The profession of the person in the text is called "
+            "<mask>.")
+
+
+def fever_mlm(claim: str) -> str:  # src/intervention_roberta_fever.py:294-300
+    return f"Consider the following claim: {with_period(claim)} Is this claim true or false. The claim is <mask>"
+
+
+def truthful_mlm(question: str, answer: str) -> str:  # src/intervention_roberta_truthfulqa.py:280
+    return truthful_prompt(question, answer) + " <mask>"
+
+
+def counterfact_mlm(prompt: str) -> str:  # src/intervention_roberta_counterfact.py:268-271
+    return f"{prompt}<mask>." if prompt.endswith(" ") else f"{prompt} <mask>."

@@ -275,6 +275,26 @@ def masked_request(tokenizer, prompt_ids: list[int], cont_ids: list[int], topk: 
     return Request(ids, targets, cut if topk else None, key)
 
 
+MASK = "<mask>"
+
+
+def masked_at_request(tokenizer, template: str, cont_ids: list[int], topk: bool, key: tuple,
+                      max_len: int | None = None) -> Request:
+    """A masked-LM request from a template with one "<mask>" (the authors' RoBERTa prompts): the mask
+    becomes one mask token per continuation token. Past `max_len`, the text before the mask loses its start."""
+    ids = tokenizer(template.replace(MASK, tokenizer.mask_token))["input_ids"]
+    at = ids.index(tokenizer.mask_token_id)
+    if max_len is not None and len(ids) - 1 + len(cont_ids) > max_len:
+        special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+        head = 0
+        while head < at and special[head]:
+            head += 1
+        drop = min(len(ids) - 1 + len(cont_ids) - max_len, at - head)
+        ids, at = ids[:head] + ids[head + drop:], at - drop
+    ids = ids[:at] + [tokenizer.mask_token_id] * len(cont_ids) + ids[at + 1:]
+    return Request(ids, [(at + j, t) for j, t in enumerate(cont_ids)], at if topk else None, key)
+
+
 # RoBERTa-style position ids start after the padding index, so padding_idx + 1 positions are never usable.
 _OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl"}
 

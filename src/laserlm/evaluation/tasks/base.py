@@ -16,6 +16,7 @@ class Example:
     """One row. Cloze rows have `answers`; choice rows have `choices` and `label`.
 
     `group` keeps rows that must share a split together (e.g. the statements made from one question).
+    `mlm_prompt`, where a benchmark's protocol has one, is what masked LMs see instead of `prompt`.
     """
 
     prompt: str
@@ -23,6 +24,7 @@ class Example:
     choices: list[str] | None = None
     label: int | None = None
     paraphrases: list[str] = field(default_factory=list)
+    mlm_prompt: str | None = None  # for masked LMs: the prompt with "<mask>" where the answer goes
     split: str | None = None
     group: str | None = None
     index: int = 0

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Callable
 
 from ...errors import UserError
-from ..protocols import (PROTOCOLS, bios_gender_prompt, bios_profession_prompt, fever_prompt, get_protocol,
-                         hotpot_prompt, truthful_prompt)
+from ..protocols import (PROTOCOLS, bios_gender_mlm, bios_gender_prompt, bios_profession_mlm, bios_profession_prompt,
+                         counterfact_mlm, fever_mlm, fever_prompt, get_protocol, hotpot_prompt, truthful_mlm,
+                         truthful_prompt)
 from .base import Example, Task
 from .custom import read_utf8
 
@@ -100,7 +101,8 @@ def _truthful_statements(rows, protocol) -> list[Example]:
         else:  # BIG-bench questions.json
             pairs = [(a, 1) for a in r["True answers"]] + [(a, 0) for a in r["False answers"]]
             question = r["Question"]
-        out += [Example(truthful_prompt(question, a), choices=TF, label=int(y), group=f"q{i}") for a, y in pairs]
+        out += [Example(truthful_prompt(question, a), choices=TF, label=int(y), group=f"q{i}",
+                        mlm_prompt=truthful_mlm(question, a)) for a, y in pairs]
     return out
 
 
@@ -123,9 +125,10 @@ def _counterfact(rows, protocol) -> list[Example]:
         prompt, answer = rw["prompt"].format(rw["subject"]), rw["target_true"]["str"]
         paraphrases = list(r.get("paraphrase_prompts", []))
         if protocol == "paper":  # scripts/get_counterfact.py:42-44: every paraphrase is a row of its own
-            out += [Example(p, answers=[answer], group=f"f{i}") for p in [prompt] + paraphrases]
+            out += [Example(p, answers=[answer], group=f"f{i}", mlm_prompt=counterfact_mlm(p))
+                    for p in [prompt] + paraphrases]
         else:
-            out.append(Example(prompt, answers=[answer], paraphrases=paraphrases))
+            out.append(Example(prompt, answers=[answer], paraphrases=paraphrases, mlm_prompt=counterfact_mlm(prompt)))
     return out
 
 
@@ -140,7 +143,8 @@ def _consistent(rows) -> list[Example]:
         y = {"SUPPORTS": 1, "REFUTES": 0}.get(y, y) if isinstance(y, str) else y
         if y in (0, 1):
             labels.setdefault(r["claim"], set()).add(y)
-    return [Example(fever_prompt(c), choices=TF, label=ys.pop()) for c, ys in labels.items() if len(ys) == 1]
+    return [Example(fever_prompt(c), choices=TF, label=ys.pop(), mlm_prompt=fever_mlm(c))
+            for c, ys in labels.items() if len(ys) == 1]
 
 
 def _fever(rows, protocol) -> list[Example]:
@@ -153,13 +157,14 @@ def _fever(rows, protocol) -> list[Example]:
 
 
 def _bios_gender(rows, protocol) -> list[Example]:
-    return [Example(bios_gender_prompt(r["hard_text"]), choices=[" male", " female"], label=int(r["gender"]))
-            for r in rows]
+    return [Example(bios_gender_prompt(r["hard_text"]), choices=[" male", " female"], label=int(r["gender"]),
+                    mlm_prompt=bios_gender_mlm(r["hard_text"])) for r in rows]
 
 
 def _bios_profession(rows, protocol) -> list[Example]:
     return [Example(bios_profession_prompt(r["hard_text"]), choices=[" " + p for p in PROFESSIONS],
-                    label=PROFESSIONS.index(BIOS_PROFESSION_IDS[int(r["profession"])]))
+                    label=PROFESSIONS.index(BIOS_PROFESSION_IDS[int(r["profession"])]),
+                    mlm_prompt=bios_profession_mlm(r["hard_text"]))
             for r in rows if int(r["profession"]) in BIOS_PROFESSION_IDS]
 
 
