@@ -6,3 +6,9 @@ class UserError(Exception):
 
     The message should name the problem and, where one exists, the fix.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type if it has none): libraries' errors inside ours."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_edit_args, add_model_args, add_task_args, load_from_args, output_file, positive_int,
-                      print_metrics, read_text, rows_for, scorer_for, svd_cache_from_args, task_from_args,
-                      task_metrics)
+from .options import (add_edit_args, add_model_args, add_task_args, fit_task, lm_eval_include, load_from_args,
+                      output_file, positive_int, print_metrics, read_text, scorer_for, svd_cache_from_args,
+                      task_from_args, task_metrics)
 
 
 def _prompt_ids(scorer, ex) -> list[int]:
@@ -30,8 +30,7 @@ def _run_harness(args) -> int:
         raise UserError("--lm-eval runs harness tasks alone: drop -t/--text, or run them in another laser eval")
     output_file(args.json, "--json")
     import_lm_eval()
-    if args.lm_eval_include and not Path(args.lm_eval_include).is_dir():
-        raise UserError(f"--lm-eval-include {args.lm_eval_include} is not a folder")
+    include = lm_eval_include(args)
     names = [n.strip() for n in args.lm_eval.split(",") if n.strip()]
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
@@ -41,7 +40,7 @@ def _run_harness(args) -> int:
     steps = plan(loaded.model, args.edit, layout)
 
     def harness():
-        return run_harness(loaded.model, loaded.tokenizer, names, include=args.lm_eval_include, limit=args.limit,
+        return run_harness(loaded.model, loaded.tokenizer, names, include=include, limit=args.limit,
                            batch_size=args.batch_size)
 
     t0 = time.perf_counter()
@@ -103,7 +102,9 @@ def run_eval(args) -> int:
         choose_metrics(task.kind, names, True)  # a bad --metrics is refused before the model loads
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
-    examples = rows_for(task, args.split, args, loaded.tokenizer, args.limit) if task else None
+    if task:
+        fit_task(task, loaded.tokenizer)
+    examples = task.select(args.split, args.split_seed, args.limit) if task else None
     metrics = task_metrics(task, names, loaded, examples) if task else None
     layout = get_layout(loaded.model, args.module_pattern)
     steps = plan(loaded.model, args.edit, layout)

@@ -169,23 +169,26 @@ def task_identity(task: str, data: str | None, protocol: str) -> str:
     return name + (f" --data {path.name}" if data else "") + f" ({digest})"
 
 
-def task_from_args(args):
+def lm_eval_include(args) -> str | None:
     from pathlib import Path
-
-    from ..evaluation.tasks import load_task
 
     if args.lm_eval_include and not Path(args.lm_eval_include).is_dir():
         raise UserError(f"--lm-eval-include {args.lm_eval_include} is not a folder")
-    return load_task(args.task, args.data, args.protocol, args.lm_eval_include)
+    return args.lm_eval_include
 
 
-def rows_for(task, split: str, args, tokenizer, limit):
-    """The rows of a split, once answers too long for this model's tokenizer are dropped (HotPotQA)."""
+def task_from_args(args):
+    from ..evaluation.tasks import load_task
+
+    return load_task(args.task, args.data, args.protocol, lm_eval_include(args))
+
+
+def fit_task(task, tokenizer) -> None:
+    """Drop, once, the rows whose answer is too long for this model's tokenizer (HotPotQA), saying how many."""
     dropped = task.drop_long_answers(tokenizer)
     if dropped:
         print(f"laser: {task.name}: dropped {dropped} rows whose answer is over {task.max_answer_tokens} tokens",
               file=sys.stderr)
-    return task.select(split, args.split_seed, limit)
 
 
 def task_metrics(task, names: list[str] | None, loaded, examples, also: str | None = None):

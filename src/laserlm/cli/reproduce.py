@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_batch_args, add_model_args, add_svd_args, load_from_args, output_dir, positive_int,
+from .options import (add_batch_args, add_model_args, add_svd_args, fit_task, load_from_args, output_dir, positive_int,
                       scorer_for, svd_cache_from_args, task_identity, task_metrics)
 
 PAPER_BENCHMARKS = ("counterfact", "hotpotqa", "fever", "bios_gender", "bios_profession", "truthfulqa",
@@ -66,7 +66,7 @@ def run_reproduce(args) -> int:
             skipped[name] = str(e)
             print(f"laser: {name} skipped: {e}", file=sys.stderr)
             continue
-        task.drop_long_answers(loaded.tokenizer)
+        fit_task(task, loaded.tokenizer)
         val = task.select("val", 0, args.limit)
         test = task.select("test", 0, args.test_limit or args.limit)
         metrics = task_metrics(task, None, loaded, val + test)

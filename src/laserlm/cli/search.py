@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, positive_int, rows_for,
+from .options import (add_model_args, add_svd_args, add_task_args, fit_task, load_from_args, output_dir, positive_int,
                       scorer_for, svd_cache_from_args, task_from_args, task_identity, task_metrics)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
@@ -33,8 +33,6 @@ def _check_backend(args) -> None:
         _import_ray()
     elif args.ray_address or args.workers or args.gpus_per_worker:
         raise UserError("--ray-address, --workers and --gpus-per-worker need --backend ray")
-    if args.workers is not None and args.workers < 1:
-        raise UserError(f"--workers must be at least 1, not {args.workers}")
 
 
 def _absolute(path: str | None) -> str | None:
@@ -80,8 +78,9 @@ def run_search(args) -> int:
     choose_metrics(task.kind, [metric], True)  # an unknown or unfit --metric is refused before any work
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
-    val = rows_for(task, "val", args, loaded.tokenizer, args.limit)
-    test = rows_for(task, "test", args, loaded.tokenizer, args.test_limit or args.limit)
+    fit_task(task, loaded.tokenizer)
+    val = task.select("val", args.split_seed, args.limit)
+    test = task.select("test", args.split_seed, args.test_limit or args.limit)
     layout = get_layout(loaded.model, args.module_pattern)
     types = layout.expand_type_list(args.types)
     layers = parse_layers(args.layers, f"--layers {args.layers}")
@@ -134,7 +133,7 @@ def register_search(p):
                    help="local: this process. ray: candidates grouped by layer on Ray actors (pip install "
                         "'laserlm[ray]'); the cluster at --ray-address or $RAY_ADDRESS, else a local Ray")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else local)")
-    p.add_argument("--workers", type=int, metavar="N", help="Ray actors (default: one per available CPU)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="Ray actors (default: one per available CPU)")
     p.add_argument("--gpus-per-worker", type=float, metavar="G",
                    help="GPUs each Ray actor asks for, fractional allowed (default 0: CPU workers)")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR",

@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils.weak import WeakIdKeyDictionary
 
+from ..errors import UserError
+
 RANDOMIZED_OVERSAMPLE = 10
 RANDOMIZED_NITER = 4
 
@@ -202,8 +204,6 @@ class SVDCache:
 
 
 def _env_disk_bound() -> int | None:
-    from ..errors import UserError
-
     text = os.environ.get("LASERLM_SVD_CACHE_GB")
     if not text:
         return None

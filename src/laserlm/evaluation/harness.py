@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .tasks.base import Example, Task
 
 INSTALL = "pip install 'laserlm[lmeval]'"
@@ -40,7 +40,7 @@ def _task_objects(names: list[str], include: str | None) -> dict:
     try:
         tasks = get_task_dict(names, manager)
     except Exception as e:  # datasets raises many types for an unreachable hub or a bad data file
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"cannot load lm-eval task {', '.join(names)} ({reason})") from None
     return tasks, manager
 

@@ -213,9 +213,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     ctx = encode_prompt(tokenizer, context)
     # A tokenizer that appends special tokens (an EOS) puts them after the continuation as well.
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
-    n_tail = 0
-    while n_tail < len(ctx) - 1 and ctx[len(ctx) - 1 - n_tail] in special:
-        n_tail += 1
+    n_tail = _leading([t in special for t in reversed(ctx)], len(ctx) - 1)
     if n_tail and whole[-n_tail:] == ctx[-n_tail:]:
         ctx, whole = ctx[:-n_tail], whole[:-n_tail]
     cont = whole[len(ctx):]
@@ -251,6 +249,15 @@ def causal_request(prompt_ids: list[int], cont_ids: list[int], topk: bool, key: 
     return Request(prompt_ids + cont_ids[:-1], targets, p - 1 if topk else None, key)
 
 
+def _leading(special: list[int], limit: int) -> int:
+    """How many of the first `limit` flags are set: the run of special tokens at a sequence's start (or, given
+    the flags reversed, at its end), which a cut keeps."""
+    n = 0
+    while n < limit and special[n]:
+        n += 1
+    return n
+
+
 def masked_request(tokenizer, prompt_ids: list[int], cont_ids: list[int], topk: bool, key: tuple,
                    max_len: int | None = None) -> Request:
     """Masked LMs predict the continuation at mask tokens placed where it would go (before [SEP]/</s>).
@@ -259,12 +266,8 @@ def masked_request(tokenizer, prompt_ids: list[int], cont_ids: list[int], topk: 
     LMs: an index past the position embeddings would be a device assert on CUDA.
     """
     special = tokenizer.get_special_tokens_mask(prompt_ids, already_has_special_tokens=True)
-    tail = 0
-    while tail < len(special) and special[len(special) - 1 - tail]:
-        tail += 1
-    head = 0
-    while head < len(special) - tail and special[head]:
-        head += 1
+    tail = _leading(special[::-1], len(special))
+    head = _leading(special, len(special) - tail)
     if max_len is not None and len(prompt_ids) + len(cont_ids) > max_len:
         cont_ids = cont_ids[:max(1, max_len - head - tail - 1)]
         drop = len(prompt_ids) + len(cont_ids) - max_len
@@ -285,10 +288,7 @@ def masked_at_request(tokenizer, template: str, cont_ids: list[int], topk: bool,
     ids = tokenizer(template.replace(MASK, tokenizer.mask_token))["input_ids"]
     at = ids.index(tokenizer.mask_token_id)
     if max_len is not None and len(ids) - 1 + len(cont_ids) > max_len:
-        special = tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-        head = 0
-        while head < at and special[head]:
-            head += 1
+        head = _leading(tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True), at)
         drop = min(len(ids) - 1 + len(cont_ids) - max_len, at - head)
         ids, at = ids[:head] + ids[head + drop:], at - drop
     ids = ids[:at] + [tokenizer.mask_token_id] * len(cont_ids) + ids[at + 1:]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..core.architectures import ARCHITECTURES
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .factorized import attach_factors, read_recipe
 from ..core.svd import cache_root
 
@@ -151,7 +151,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: str, device_map):
     try:
         config = AutoConfig.from_pretrained(folder)
     except (OSError, ValueError, KeyError, TypeError) as e:  # json errors are ValueErrors
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"{folder / 'config.json'} cannot be read ({reason}): fix or replace it") from None
     auto = _auto_class(config)
     recipe = read_recipe(folder)
@@ -178,7 +178,7 @@ def _load_hub(spec: str, dtype: torch.dtype, device: str, device_map, revision: 
         )
         tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision)
     except (OSError, ValueError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(
             f"cannot load model {spec!r} from the Hugging Face hub ({reason}): "
             "pass a hub id, a local HF folder, a .gguf file, or demo"

@@ -1,6 +1,6 @@
 """One search of a loaded model on a task, end to end: the sweep on val, selection, the test split, the
-Marchenko-Pastur baseline, composition, best.json and report.md. `laser search` runs one; `laser reproduce`
-runs one per benchmark with the same model in memory.
+Marchenko-Pastur baseline, composition and best.json (the caller writes report.md). `laser search` runs one;
+`laser reproduce` runs one per benchmark with the same model in memory.
 """
 
 from __future__ import annotations

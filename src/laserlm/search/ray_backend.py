@@ -7,8 +7,8 @@ them to the same fsynced store as the local backend. An actor that dies is resta
 (`max_restarts`, bounded: a worker that dies at every start ends the run with a clear error) and its
 unfinished calls run again (`max_task_retries`); the store drops a key it already holds, so the results
 never have a hole or a duplicate. Each worker keys its rows with its own model identity, row hash and
-numerics, and the driver stores a row only if that key is the one it computes itself. Ray is imported
-only here.
+numerics (its context), and the driver stores its rows only if that context is the driver's own. Ray is
+imported only here.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 
 from ..core.edits import Edit
-from ..errors import UserError
+from ..errors import UserError, first_line
+from .store import short
 
 MAX_RESTARTS = 3
 
@@ -170,7 +171,7 @@ def ray_sweep(spec: WorkerSpec, pending: list[Edit], store, n_layers: int, *, co
             for ref in ready:
                 theirs, rows = _result(ray, ref)
                 if context is not None and theirs != context:
-                    diff = "; ".join(f"{k}: {_short(theirs.get(k))} on the worker, {_short(context.get(k))} here"
+                    diff = "; ".join(f"{k}: {short(theirs.get(k))} on the worker, {short(context.get(k))} here"
                                      for k in sorted(set(theirs) | set(context)) if theirs.get(k) != context.get(k))
                     raise UserError(f"a Ray worker's results are not comparable with this run ({diff}): give every "
                                     "node the same model files, task data and --device/--dtype/--svd")
@@ -186,11 +187,6 @@ def ray_sweep(spec: WorkerSpec, pending: list[Edit], store, n_layers: int, *, co
             ray.shutdown()
 
 
-def _short(value) -> str:
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _result(ray, ref):
     try:
         return ray.get(ref)
@@ -200,6 +196,6 @@ def _result(ray, ref):
             raise UserError(f"on a Ray worker: {cause}") from None
         raise
     except ray.exceptions.RayActorError as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"a Ray worker died {MAX_RESTARTS + 1} times ({reason}); if it ran out of memory, "
                         "lower --workers or --max-tokens, or use --dtype bfloat16") from None

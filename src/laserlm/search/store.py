@@ -99,8 +99,8 @@ def check_manifest(run_dir: Path, manifest: dict, extend: dict, info: dict | Non
         for field in manifest:
             if old.get(field) != manifest[field]:
                 raise UserError(
-                    f"{run_dir} holds a run for another {field} ({_short(old.get(field))}, now "
-                    f"{_short(manifest[field])}): use a new -o folder, or rerun with the same settings"
+                    f"{run_dir} holds a run for another {field} ({short(old.get(field))}, now "
+                    f"{short(manifest[field])}): use a new -o folder, or rerun with the same settings"
                 )
         for key, values in extend.items():  # a wider grid extends the run
             old[key] = sorted(set(map(str, old.get(key, []))) | set(map(str, values)))
@@ -114,6 +114,7 @@ def check_manifest(run_dir: Path, manifest: dict, extend: dict, info: dict | Non
     return manifest
 
 
-def _short(value) -> str:
+def short(value) -> str:
+    """A value for a one-line message: JSON for non-strings, cut at 80 characters."""
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) < 80 else text[:77] + "..."

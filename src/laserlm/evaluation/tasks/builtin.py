@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from ...errors import UserError
+from ...errors import UserError, first_line
 from ..protocols import (PROTOCOLS, bios_gender_mlm, bios_gender_prompt, bios_profession_mlm, bios_profession_prompt,
                          counterfact_mlm, fever_mlm, fever_prompt, get_protocol, hotpot_prompt, truthful_mlm,
                          truthful_prompt)
@@ -221,7 +221,7 @@ def _hub_rows(source: str) -> list[dict]:
         # Each row remembers its hub split: FEVER deduplicates within a split.
         return [{**row, "_split": s} for s in splits.split("+") for row in load_dataset(hub_id, config or None, split=s)]
     except Exception as e:  # datasets raises many types for an unreachable hub
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"cannot load {hub_id} from the hub ({reason}): pass --data PATH, a local copy") from None
 
 
