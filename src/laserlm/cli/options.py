@@ -28,6 +28,29 @@ def positive_int(text: str) -> int:
     return value
 
 
+def parse_amounts(text: str, methods: list[str]) -> list:
+    """Amounts as the most permissive swept method reads them (rank methods also take k=K)."""
+    from ..core.edits import parse_amount
+    from ..core.methods import get_method
+
+    kinds = {m: get_method(m).amount for m in methods}
+    reader = next((m for m in methods if kinds[m] == "rank"), next((m for m in methods if kinds[m] != "none"), None))
+    if reader is None:
+        return [None]
+    return [parse_amount(part.strip(), reader, f"--rhos {text}") for part in text.split(",") if part.strip()]
+
+
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
+    return value
+
+
 def output_file(path: str | None, flag: str) -> None:
     """Refuse, before any work, an output file that could not be written at the end."""
     from pathlib import Path

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_batch_args, add_model_args, add_svd_args, fit_task, load_from_args, output_dir, positive_int,
-                      scorer_for, svd_cache_from_args, task_identity, task_metrics)
+from .options import (add_batch_args, add_model_args, add_svd_args, fit_task, load_from_args, output_dir, parse_amounts,
+                      positive_int, scorer_for, svd_cache_from_args, task_identity, task_metrics)
 
 PAPER_BENCHMARKS = ("counterfact", "hotpotqa", "fever", "bios_gender", "bios_profession", "truthfulqa",
                     "bb_epistemic", "bb_wikidata")
@@ -44,8 +44,8 @@ def run_reproduce(args) -> int:
             raise UserError(f"unknown benchmark {name!r} in --benchmarks: use some of {', '.join(PAPER_BENCHMARKS)}")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a folder")
-    amounts = [float(r) for r in args.rhos.split(",")] if args.rhos else list(
-        PAPER_RHOS if args.figure_grid else REPRODUCE_RHOS)
+    default = PAPER_RHOS if args.figure_grid else REPRODUCE_RHOS
+    amounts = parse_amounts(args.rhos, ["svd"]) if args.rhos else list(default)
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)
@@ -107,7 +107,7 @@ def register_reproduce(p):
                         "in the hub schema (e.g. fever.jsonl); the rest come from the hub")
     p.add_argument("--layers", default="all", metavar="SPEC", help="layers to sweep (default all, as the paper)")
     p.add_argument("--rhos", metavar="R1,R2",
-                   help="default the authors' BigBench grid 0.9,0.8,0.6,0.4,0.2,0.1,0.05,0.01,0.005 (it finds the "
+                   help="fractions rho or k=K ranks; default the authors' BigBench grid 0.9,0.8,0.6,0.4,0.2,0.1,0.05,0.01,0.005 (it finds the "
                         "rho = 0.4 and 0.005 reported in the paper's Table 5)")
     p.add_argument("--figure-grid", action="store_true",
                    help="sweep only the seven rho of the paper's figures (0.9 ... 0.01)")

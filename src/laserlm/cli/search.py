@@ -6,24 +6,13 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_model_args, add_svd_args, add_task_args, fit_task, load_from_args, output_dir, positive_int,
-                      scorer_for, svd_cache_from_args, task_from_args, task_identity, task_metrics)
+from .options import (add_model_args, add_svd_args, add_task_args, fit_task, load_from_args, non_negative_float,
+                      output_dir, parse_amounts, positive_int, scorer_for, svd_cache_from_args, task_from_args,
+                      task_identity, task_metrics)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
 laser search demo -t bb_wikidata --layers 15-29 --compose -o runs/wiki-full
 laser search gpt2 -t rows.jsonl --types mlp,attn_o --rhos 0.5,k=8 --methods svd,prune -o runs/mine"""
-
-
-def parse_amounts(text: str, methods: list[str]) -> list:
-    """Amounts as the most permissive swept method reads them (rank methods also take k=K)."""
-    from ..core.edits import parse_amount
-    from ..core.methods import get_method
-
-    kinds = {m: get_method(m).amount for m in methods}
-    reader = next((m for m in methods if kinds[m] == "rank"), next((m for m in methods if kinds[m] != "none"), None))
-    if reader is None:
-        return [None]
-    return [parse_amount(part.strip(), reader, f"--rhos {text}") for part in text.split(",") if part.strip()]
 
 
 def _check_backend(args) -> None:
@@ -134,7 +123,7 @@ def register_search(p):
                         "'laserlm[ray]'); the cluster at --ray-address or $RAY_ADDRESS, else a local Ray")
     p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else local)")
     p.add_argument("--workers", type=positive_int, metavar="N", help="Ray actors (default: one per available CPU)")
-    p.add_argument("--gpus-per-worker", type=float, metavar="G",
+    p.add_argument("--gpus-per-worker", type=non_negative_float, metavar="G",
                    help="GPUs each Ray actor asks for, fractional allowed (default 0: CPU workers)")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR",
                    help="run folder: results.jsonl (append-only, fsynced), best.json, report.md, plots")
