@@ -31,7 +31,12 @@ TINY_CONFIGS = {
     "roberta": lambda: tf.RobertaConfig(**_ENCODER, pad_token_id=1),
     "bert": lambda: tf.BertConfig(**_ENCODER),
 }
-ARCHS = list(TINY_CONFIGS)
+ARCHS = list(TINY_CONFIGS)  # the language models: every text test runs on each
+# Models that are not language models: the structural tests (table, ranks, export) run on them too.
+VISION = {"vit": lambda: tf.ViTConfig(image_size=8, patch_size=2, num_channels=1, num_labels=10, **{
+    k: v for k, v in _ENCODER.items() if k not in ("vocab_size", "max_position_embeddings")})}
+TINY_CONFIGS.update(VISION)
+ALL_ARCHS = ARCHS + list(VISION)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -49,7 +54,8 @@ MLM = {"roberta", "bert"}
 def build_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = TINY_CONFIGS[arch]()
-    cls = tf.AutoModelForMaskedLM if arch in MLM else tf.AutoModelForCausalLM
+    cls = (tf.AutoModelForMaskedLM if arch in MLM else tf.AutoModelForImageClassification if arch in VISION
+           else tf.AutoModelForCausalLM)
     model = cls.from_config(config, dtype=torch.float32)
     # Random init leaves LayerNorm/bias at 1/0 and some heads tied; perturb every parameter so that
     # "bit-identical" checks could catch any stray write.
@@ -64,7 +70,14 @@ def tiny_inputs(vocab: int = 97, batch: int = 2, length: int = 7, seed: int = 1)
     return torch.randint(3, vocab, (batch, length), generator=g)
 
 
-@pytest.fixture(params=ARCHS)
+def tiny_batch(arch: str, seed: int = 1) -> dict:
+    """Model inputs for `arch`: token ids, or images for a vision model."""
+    if arch in VISION:
+        return {"pixel_values": torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(seed))}
+    return {"input_ids": tiny_inputs(seed=seed)}
+
+
+@pytest.fixture(params=ALL_ARCHS)
 def arch(request) -> str:
     return request.param
 

@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "laserlm"
 
 # Each stage may import the stages of a lower rank, never its own rank's other packages or a higher one.
 RANK = {"errors": 0, "_version": 0, "core": 1, "models": 2, "evaluation": 2, "search": 3, "analysis": 4,
-        "cli": 5, "__init__": 6, "__main__": 7}
+        "api": 4.5, "cli": 5, "__init__": 6, "__main__": 7}
 
 
 def module_name(path: Path, src: Path = SRC) -> str:

@@ -15,14 +15,14 @@ from laserlm.cli.main import main
 from conftest import tiny_inputs
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "vit"])
 def test_info(tiny_folder, tmp_path, capsys, arch):
     out = tmp_path / "info.json"
     assert main(["info", str(tiny_folder), "--json", str(out)]) == 0
     info = json.loads(out.read_text())
     assert info["layers"] == 3 and info["model_type"] == arch
     mlp_in = next(t for t in info["types"] if t["type"] == "mlp_in")
-    assert mlp_in["shape"] == ([64, 32] if arch == "llama" else [128, 32])
+    assert mlp_in["shape"] == ([128, 32] if arch == "gpt2" else [64, 32])
     assert mlp_in["params_all_layers"] == 3 * mlp_in["params_per_matrix"]
     assert "mlp_out" in capsys.readouterr().out
 

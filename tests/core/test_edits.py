@@ -20,6 +20,7 @@ EXPECTED_TYPES = {
     "gpt_neox": {"mlp_in", "mlp_out", "attn_qkv", "attn_o"},
     "opt": {"mlp_in", "mlp_out", "attn_q", "attn_k", "attn_v", "attn_o"},
     "bert": {"mlp_in", "mlp_out", "attn_q", "attn_k", "attn_v", "attn_o"},
+    "vit": {"mlp_in", "mlp_out", "attn_q", "attn_k", "attn_v", "attn_o"},
 }
 
 
@@ -51,6 +52,48 @@ def test_every_type_gets_exact_rank_and_nothing_else_moves(tiny, arch):
             assert changed == {f"{target.name}.weight"}, changed
         restored = snapshot(tiny)
         assert all(torch.equal(before[n], restored[n]) for n in before)
+
+
+def test_decision_transformer_is_in_the_table():
+    import transformers as tf
+
+    torch.manual_seed(0)
+    model = tf.DecisionTransformerModel(tf.DecisionTransformerConfig(state_dim=5, act_dim=3, hidden_size=32, n_layer=3,
+                                                                     n_head=4, bos_token_id=None, eos_token_id=None))
+    layout = get_layout(model)
+    assert layout.source == "table" and layout.n_layers == 3
+    assert set(layout.types) == {"mlp_in", "mlp_out", "attn_qkv", "attn_o"}
+    assert layout.target("mlp_in", 2).name == "encoder.h.2.mlp.c_fc" and layout.target("mlp_in", 2).shape == (128, 32)
+    with edited(model, ["mlp_out:1:k=3"]):
+        assert torch.linalg.matrix_rank(model.encoder.h[1].mlp.c_proj.weight.detach()).item() == 3
+
+
+def test_vit_with_the_older_module_names_uses_the_second_alternative():
+    """transformers 4.x named ViT's blocks vit.encoder.layer.N.{intermediate,output}.dense (BERT's names)."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.intermediate, self.output = nn.Module(), nn.Module()
+            self.intermediate.dense, self.output.dense = nn.Linear(4, 8), nn.Linear(8, 4)
+
+    class OldViT(nn.Module):
+        config = type("Config", (), {"model_type": "vit"})()
+
+        def __init__(self):
+            super().__init__()
+            self.vit = nn.Module()
+            self.vit.encoder = nn.Module()
+            self.vit.encoder.layer = nn.ModuleList(Block() for _ in range(2))
+
+        @property
+        def base_model(self):
+            return self.vit
+
+    layout = get_layout(OldViT())
+    assert layout.source == "table" and set(layout.types) == {"mlp_in", "mlp_out"}
+    assert layout.target("mlp_out", 1).name == "vit.encoder.layer.1.output.dense"
 
 
 def test_gpt2_conv1d_shape_is_out_by_in():

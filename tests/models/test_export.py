@@ -13,7 +13,7 @@ from laserlm.models.export import export
 from laserlm.models.factorized import LowRankLinear
 from laserlm.models.loading import Loaded
 
-from conftest import MLM, build_tiny, tiny_inputs
+from conftest import MLM, VISION, build_tiny, tiny_batch
 
 EDITS = ["mlp:all:0.1", "attn_o:1:k=2"]
 
@@ -23,17 +23,18 @@ def _folder_size(path):
 
 
 def _plain_loader(arch):
-    return tf.AutoModelForMaskedLM if arch in MLM else tf.AutoModelForCausalLM
+    return (tf.AutoModelForMaskedLM if arch in MLM else tf.AutoModelForImageClassification if arch in VISION
+            else tf.AutoModelForCausalLM)
 
 
 def test_dense_folder_reloads_with_plain_transformers(tmp_path, arch):
     model = build_tiny(arch)
-    x = tiny_inputs()
+    x = tiny_batch(arch)
     with edited(model, EDITS):
-        expected = model(x).logits
+        expected = model(**x).logits
     recipe = export(Loaded(model, None, "tiny", "folder", {"model": "tiny"}), EDITS, tmp_path / "dense")
     reloaded = _plain_loader(arch).from_pretrained(tmp_path / "dense").eval()
-    assert torch.equal(reloaded(x).logits, expected)
+    assert torch.equal(reloaded(**x).logits, expected)
     saved = json.loads((tmp_path / "dense" / "laser_recipe.json").read_text())
     assert saved == json.loads(json.dumps(recipe))
     assert saved["edits"][0] == {"method": "svd", "type": "mlp_in", "layer": 0, "amount": 0.1}
@@ -41,7 +42,7 @@ def test_dense_folder_reloads_with_plain_transformers(tmp_path, arch):
 
 
 def test_factorized_folder_is_smaller_and_matches(tmp_path, arch):
-    x = tiny_inputs()
+    x = tiny_batch(arch)
     dense_model, fact_model = build_tiny(arch), build_tiny(arch)
     export(Loaded(dense_model, None, "tiny", "folder"), EDITS, tmp_path / "dense")
     recipe = export(Loaded(fact_model, None, "tiny", "folder"), EDITS, tmp_path / "fact", factorized=True)
@@ -53,7 +54,7 @@ def test_factorized_folder_is_smaller_and_matches(tmp_path, arch):
     lowrank = [m for m in fact.model.modules() if isinstance(m, LowRankLinear)]
     assert len(lowrank) == len(recipe["factorized"])
     assert all(m.rank == 3 for m in lowrank if m.out_features == 64 or m.in_features == 64)
-    diff = (fact.model(x).logits - dense(x).logits).abs().max().item()
+    diff = (fact.model(**x).logits - dense(**x).logits).abs().max().item()
     assert diff <= 1e-4
 
 

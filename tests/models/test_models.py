@@ -9,10 +9,10 @@ from laserlm import UserError, get_layout, load_model
 from laserlm.models.loading import demo_path
 
 
-@pytest.mark.parametrize("arch", ["llama", "roberta"])
+@pytest.mark.parametrize("arch", ["llama", "roberta", "vit"])
 def test_folder_loads_with_the_right_head(tiny_folder, arch):
     loaded = load_model(str(tiny_folder))
-    expected = "LlamaForCausalLM" if arch == "llama" else "RobertaForMaskedLM"
+    expected = {"llama": "LlamaForCausalLM", "roberta": "RobertaForMaskedLM", "vit": "ViTForImageClassification"}[arch]
     assert type(loaded.model).__name__ == expected
     assert loaded.kind == "folder" and loaded.tokenizer is None
     assert load_model(str(tiny_folder)).identity == loaded.identity
@@ -43,3 +43,16 @@ def test_demo_gguf_loads_through_the_conversion_cache():
     assert loaded.tokenizer.decode(ours[0, -1].argmax()) == " Paris"
     again = load_model("demo")
     assert again.identity == loaded.identity and again.identity["kind"] == "demo"
+
+
+def test_a_python_factory_is_a_model(tmp_path):
+    """MODEL as FILE.py:FACTORY: any torch module, with an identity that follows the file and the weights."""
+    path = tmp_path / "net.py"
+    path.write_text("import torch\n\ndef build():\n    torch.manual_seed(0)\n    return torch.nn.Sequential("
+                    "torch.nn.Linear(4, 8), torch.nn.Linear(8, 4))\n\ndef not_a_model():\n    return 3\n")
+    loaded = load_model(f"{path}:build", device="cpu")
+    assert loaded.kind == "python" and isinstance(loaded.model[0], torch.nn.Linear)
+    assert load_model(f"{path}:build", device="cpu").identity == loaded.identity
+    assert load_model(f"{path}:build", device="cpu", dtype="bfloat16").model[0].weight.dtype == torch.bfloat16
+    with pytest.raises(UserError, match="returned int, not a torch.nn.Module"):
+        load_model(f"{path}:not_a_model", device="cpu")

@@ -144,7 +144,8 @@ def test_run_folder_refuses_other_runs_and_extends_grids(tiny_with_tokenizer, ta
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["layers"] == ["0", "1", "2"] and manifest["amounts"] == ["0.2", "0.5"]
     best = json.loads((out / "best.json").read_text())
-    assert set(best) == {"metric", "base", "best", "mp", "composed"} and best["metric"] == "top1"
+    assert set(best) == {"metric", "lower_is_better", "base", "best", "mp", "composed"} and best["metric"] == "top1"
+    assert best["lower_is_better"] is False
     assert best["mp"]["edits"][0]["method"] == "mp" and best["mp"]["edits"][0]["layer"] == best["best"]["edits"][0]["layer"]
     assert best["best"]["val"] == max(r["metrics"]["top1"] for r in rows)
     (out / "report.md").unlink()

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from ..core.edits import Edit
-from ..evaluation.metrics import METRICS, rank_key
+from ..evaluation.metrics import lower_is_better, rank_key
+from ..search.halving import HALVING_STORE
 from ..search.store import MANIFEST, ResultStore
 
 
@@ -18,10 +19,6 @@ def _amount_label(e: dict) -> str:
     a = e["amount"]
     label = "" if a is None else (a if isinstance(a, str) else f"ρ={a:g}")
     return label if e["method"] == "svd" else f"{e['method']} {label}".strip()
-
-
-def _lower(metric: str) -> bool:
-    return metric in METRICS and METRICS[metric].lower_is_better
 
 
 def plot(rows: list[dict], base: dict | None, metric: str, path: Path, title: str) -> None:
@@ -67,16 +64,24 @@ def write_report(run_dir: str | Path) -> Path:
     manifest = json.loads((run_dir / MANIFEST).read_text()) if (run_dir / MANIFEST).exists() else {}
     best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").exists() else None
     metric = (best or {}).get("metric") or manifest.get("metric") or "top1"
+    lower = lower_is_better(metric, (best or {}).get("lower_is_better", manifest.get("lower_is_better")))
     base = next((r for r in rows if not r["edits"]), None)
     singles = sorted((r for r in rows if len(r["edits"]) == 1),
-                     key=lambda r: rank_key(r["metrics"], metric), reverse=True)
+                     key=lambda r: rank_key(r["metrics"], metric, lower), reverse=True)
+    # A second column: the paper's loss for text tasks, else the objective's next metric.
+    names = list(dict.fromkeys(m for r in rows for m in r["metrics"] if m != metric))
+    second = "logloss" if "logloss" in names else (names[0] if names else None)
+    cols = [m for m in (metric, second) if m]
     task = manifest.get("task", "?")
+    if isinstance(task, dict) and "objective" in task:
+        task = f"objective {task['objective']} (version {task['version']})"
     model = (manifest.get("model") or {}).get("model", "?")
     lines = [f"# LASER search: {model} on {task}", ""]
-    lines += [f"Primary metric: `{metric}`{' (minimised)' if _lower(metric) else ''}, ties broken by the other "
+    lines += [f"Primary metric: `{metric}`{' (minimised)' if lower else ''}, ties broken by the other "
               "metrics. "
-              f"Val rows: {manifest.get('val_rows', {}).get('n', '?')}, test rows: "
-              f"{manifest.get('test_rows', {}).get('n', '?')}, split seed {manifest.get('split_seed', '?')}.", ""]
+              + (f"Val rows: {manifest['val_rows']['n']}, test rows: {manifest['test_rows']['n']}, split seed "
+                 f"{manifest.get('split_seed', '?')}." if (manifest.get("val_rows") or {}).get("n") is not None
+                 else "Val and test as the objective defines them."), ""]
     if best:
         lines += ["| | edits | val | test |", "|---|---|---|---|"]
         for name in ("base", "best", "mp", "composed"):
@@ -85,19 +90,18 @@ def write_report(run_dir: str | Path) -> Path:
                 edits = ", ".join(f"`{Edit.from_json(e)}`" for e in b.get("edits", [])) or "(none)"
                 lines.append(f"| {name} | {edits} | {_fmt(b['val'])} | {_fmt(b['test'])} |")
         lines.append("")
-    lines += ["## Top 10 candidates (val)", "", f"| edit | {metric} | logloss | n |", "|---|---|---|---|"]
-    for r in singles[:10]:
-        lines.append(f"| `{Edit.from_json(r['edits'][0])}` | {_fmt(r['metrics'].get(metric))} | "
-                     f"{_fmt(r['metrics'].get('logloss'))} | {r['n']} |")
-    if base:
-        lines.append(f"| base | {_fmt(base['metrics'].get(metric))} | {_fmt(base['metrics'].get('logloss'))} | {base['n']} |")
+    lines += ["## Top 10 candidates (val)", "", f"| edit | {' | '.join(cols)} | n |", "|---" * (len(cols) + 2) + "|"]
+    for r in singles[:10] + ([base] if base else []):
+        label = f"`{Edit.from_json(r['edits'][0])}`" if r["edits"] else "base"
+        lines.append(f"| {label} | {' | '.join(_fmt(r['metrics'].get(m)) for m in cols)} | {r['n']} |")
+    lines += _halving_section(run_dir, metric, lower)
     lines += ["", "## Grid", ""]
     for key in ("types", "layers", "amounts", "methods"):
         if key in manifest:
             lines.append(f"- {key}: {', '.join(manifest[key])}")
     lines.append(f"- candidates evaluated: {len(singles)}")
     lines += ["", "## Plots", ""]
-    for m in dict.fromkeys((metric, "logloss")):
+    for m in cols:
         name = f"plot_{m}.png"
         plot(rows, base, m, run_dir / name, f"{model} on {task}: val {m} against layer")
         if (run_dir / name).exists():
@@ -106,6 +110,25 @@ def write_report(run_dir: str | Path) -> Path:
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _halving_section(run_dir: Path, metric: str, lower: bool) -> list[str]:
+    """The rounds of --halving from halving.jsonl: rows, candidates scored, the best there."""
+    path = run_dir / HALVING_STORE
+    if not path.exists():
+        return []
+    rounds: dict[int, list[dict]] = {}
+    for r in ResultStore(path, read_only=True).rows.values():
+        if r["edits"]:
+            rounds.setdefault(r["n"], []).append(r)
+    lines = ["", "## Successive halving (partial val scores, halving.jsonl)", "",
+             "Candidates weak on a round's rows were not scored further: the risk of --halving.", "",
+             f"| val rows | candidates | best there | its {metric} |", "|---|---|---|---|"]
+    for n in sorted(rounds):
+        best = max(rounds[n], key=lambda r: rank_key(r["metrics"], metric, lower))
+        lines.append(f"| {n} | {len(rounds[n])} | `{Edit.from_json(best['edits'][0])}` | "
+                     f"{_fmt(best['metrics'].get(metric))} |")
+    return lines
 
 
 def _analysis_sections(run_dir: Path) -> list[str]:

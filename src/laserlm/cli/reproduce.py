@@ -34,7 +34,7 @@ def run_reproduce(args) -> int:
     from ..core.layout import get_layout
     from ..evaluation.protocols import REPRODUCE_RHOS
     from ..evaluation.tasks import BUILTINS, load_task
-    from ..search.job import SearchJob, device_type, run_job, summary_lines
+    from ..search.job import SearchJob, device_type, run_job, summary_lines, text_numerics, text_splits
     from ..search.sweep import PAPER_RHOS
 
     output_dir(args.output)
@@ -72,11 +72,12 @@ def run_reproduce(args) -> int:
         metrics = task_metrics(task, None, loaded, val + test)
         types = [t for t in ("mlp_in", "mlp_out") if t in layout.types]
         job = SearchJob(
-            model=loaded.model, layout=layout, scorer=scorer, val=val, test=test, metrics=metrics,
-            metric=task.primary, gen_tokens=task.gen_tokens, run_dir=out / name, types=types, layers=layers,
+            model=loaded.model, layout=layout, splits=text_splits(scorer, val, test, metrics, task.gen_tokens),
+            metric=task.primary, run_dir=out / name, types=types, layers=layers,
             amounts=amounts, methods=["svd"], cache=cache, compose=args.compose,
             identity={"model": loaded.identity, "task": task_identity(name, data, "paper"), "split_seed": 0},
-            numerics={"dtype": args.dtype, "svd": args.svd, "device": device_type(loaded.model)},
+            numerics={"dtype": args.dtype, "svd": args.svd, "device": device_type(loaded.model),
+                      **text_numerics(metrics, task.gen_tokens)},
             info={"protocol": "paper", "args": {"model": args.model, "task": name, "data": data, "limit": args.limit,
                                                 "test_limit": args.test_limit or args.limit,
                                                 "module_pattern": args.module_pattern, "protocol": "paper"}})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from .options import (add_model_args, add_svd_args, add_task_args, fit_task, loa
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
 laser search demo -t bb_wikidata --layers 15-29 --compose -o runs/wiki-full
-laser search gpt2 -t rows.jsonl --types mlp,attn_o --rhos 0.5,k=8 --methods svd,prune -o runs/mine"""
+laser search gpt2 -t rows.jsonl --types mlp,attn_o --rhos 0.5,k=8 --methods svd,prune -o runs/mine
+laser search runs/vit-p4/model --objective examples/vit_digits.py:objective --types mlp -o runs/vit-p4/search"""
+
+
+def _eta(text: str) -> int:
+    value = positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"ETA must be at least 2, not {text}")
+    return value
 
 
 def _check_backend(args) -> None:
@@ -48,6 +57,33 @@ def _ray_sweep(args, layout):
     return sweep
 
 
+def _objective_search(args) -> int:
+    """--objective FILE.py:FUNC: the public API's search, on the model MODEL names."""
+    from ..api import search
+    from ..models.python import load_attr
+    from ..search.job import summary_lines
+    from ..search.sweep import PAPER_RHOS
+
+    given = [flag for flag, value in (("--limit", args.limit), ("--test-limit", args.test_limit),
+                                      ("--data", args.data), ("--lm-eval-include", args.lm_eval_include))
+             if value is not None] + (["--backend ray"] if args.backend == "ray" else [])
+    given += ["--halving"] if args.halving else []
+    if given:
+        raise UserError(f"{', '.join(given)} belong to -t TASK: an --objective chooses its own rows and runs here")
+    objective = load_attr(args.objective, "--objective")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    amounts = parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    result = search(loaded.model, objective, run_dir=args.output, types=args.types, layers=args.layers,
+                    rhos=amounts, methods=methods,
+                    compose=args.compose, module_patterns=args.module_pattern, metric=args.metric,
+                    higher_is_better=False if args.minimize else None, model_id=args.model, cache=cache)
+    print("\n".join(summary_lines(result)))
+    print(f"report: {Path(args.output) / 'report.md'}")
+    return 0
+
+
 def run_search(args) -> int:
     from tqdm import tqdm
 
@@ -55,11 +91,19 @@ def run_search(args) -> int:
     from ..core.edits import parse_layers
     from ..core.layout import get_layout
     from ..evaluation.metrics import PRIMARY, choose_metrics
-    from ..search.job import SearchJob, device_type, run_job, summary_lines
+    from ..search.job import SearchJob, device_type, run_job, summary_lines, text_numerics, text_splits
     from ..search.sweep import PAPER_RHOS
 
+    if (args.task is None) == (args.objective is None):
+        raise UserError("laser search needs one of -t TASK or --objective FILE.py:FUNC")
     _check_backend(args)
+    if args.halving and args.backend == "ray":
+        raise UserError("--halving runs here: drop --backend ray, or --halving")
     output_dir(args.output)
+    if args.objective:
+        return _objective_search(args)
+    if args.minimize:
+        raise UserError("--minimize is for an --objective's metric; a task's metrics have known directions")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     amounts = parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
     task = task_from_args(args)
@@ -78,18 +122,20 @@ def run_search(args) -> int:
         layout.target(types[0], layer)  # a clear error for a layer out of range
     # With Ray GPU workers the candidates run on CUDA (unless --device cpu), whatever this driver has.
     ray_gpus = args.backend == "ray" and args.gpus_per_worker and args.device != "cpu"
+    metrics = task_metrics(task, None, loaded, val + test, also=metric)
     job = SearchJob(
-        model=loaded.model, layout=layout, scorer=scorer_for(loaded, args), val=val, test=test,
-        metrics=task_metrics(task, None, loaded, val + test, also=metric), metric=metric,
-        gen_tokens=task.gen_tokens, run_dir=Path(args.output), types=types, layers=layers, amounts=amounts,
+        model=loaded.model, layout=layout, splits=text_splits(scorer_for(loaded, args), val, test, metrics,
+                                                              task.gen_tokens),
+        metric=metric, run_dir=Path(args.output), types=types, layers=layers, amounts=amounts,
         methods=methods, cache=cache, compose=args.compose,
         identity={"model": loaded.identity, "task": task_identity(args.task, args.data, args.protocol), "split_seed": args.split_seed},
-        numerics={"dtype": args.dtype, "svd": args.svd, "device": "cuda" if ray_gpus else device_type(loaded.model)},
+        numerics={"dtype": args.dtype, "svd": args.svd, "device": "cuda" if ray_gpus else device_type(loaded.model),
+                  **text_numerics(metrics, task.gen_tokens)},
         info={"protocol": task.protocol,
               "args": {"model": args.model, "task": args.task, "data": args.data, "limit": args.limit,
                        "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern,
                        "protocol": args.protocol}},
-        sweep=_ray_sweep(args, layout) if args.backend == "ray" else None)
+        sweep=_ray_sweep(args, layout) if args.backend == "ray" else None, halving=args.halving)
     result = run_job(job, bar=lambda total: tqdm(total=total, unit="cand", desc="search", dynamic_ncols=True,
                                                  file=sys.stderr))
     report = write_report(job.run_dir)
@@ -100,7 +146,14 @@ def run_search(args) -> int:
 
 def register_search(p):
     add_model_args(p)
-    add_task_args(p, required=True)
+    add_task_args(p, required=False)
+    p.add_argument("--objective", metavar="FILE.py:FUNC",
+                   help="instead of -t: FUNC(model, split) -> {metric: float} scores the model as edited at "
+                        "that moment on 'val' or 'test' (a laserlm.Objective, or a plain function with --metric). "
+                        "MODEL may then be FILE.py:FACTORY too, a function returning any torch module; address its "
+                        "matrices with --module-pattern if it is not in the architecture table")
+    p.add_argument("--minimize", action="store_true",
+                   help="with --objective: the --metric is a loss, lower is better (default: higher is better)")
     add_svd_args(p)
     p.add_argument("--types", default="mlp_in,mlp_out",
                    help="matrix types or groups to sweep (default mlp_in,mlp_out, as in the paper)")
@@ -118,6 +171,11 @@ def register_search(p):
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
     p.add_argument("--compose", action="store_true",
                    help="greedily stack each layer's best edit, layers ordered by val gain, while val improves")
+    p.add_argument("--halving", nargs="?", const=3, type=_eta, metavar="ETA",
+                   help="successive halving over val rows: score every candidate on a first slice of val, keep "
+                        "the best 1/ETA (default 3), double the rows, repeat until the survivors have seen all "
+                        "of val (their rows go to results.jsonl, partial scores to halving.jsonl). Several "
+                        "times faster; the risk: a candidate weak on the first slice is never seen on all of val")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: this process. ray: candidates grouped by layer on Ray actors (pip install "
                         "'laserlm[ray]'); the cluster at --ray-address or $RAY_ADDRESS, else a local Ray")

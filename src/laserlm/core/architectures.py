@@ -2,7 +2,9 @@
 
 Adding an architecture means adding one entry here and one tiny config in tests/conftest.py.
 Paths are relative to one block; `blocks` is the block list relative to `model.base_model`.
-`head` is the model class used to load it: causal LMs by default, masked LMs for encoders.
+`head` is the model class used to load it: causal LMs by default, masked LMs for encoders ("mlm"), the class
+the folder's config names for other models ("image", "none"). An entry may be a list of alternatives (one
+per naming of the modules across transformers releases): the first whose blocks exist is used.
 """
 
 _LLAMA_LIKE = {
@@ -86,7 +88,30 @@ ARCHITECTURES: dict[str, dict] = {
     },
     "roberta": _BERT_LIKE,
     "bert": _BERT_LIKE,
+    # ViTForImageClassification: transformers 5.x names the blocks vit.layers with q/k/v/o and fc1/fc2;
+    # older releases used BERT's names. The first alternative whose blocks exist is used.
+    "vit": [
+        {"blocks": "layers", "head": "image",
+         "types": {"mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2", "attn_q": "attention.q_proj",
+                   "attn_k": "attention.k_proj", "attn_v": "attention.v_proj", "attn_o": "attention.o_proj"}},
+        {"blocks": "encoder.layer", "head": "image",
+         "types": {"mlp_in": "intermediate.dense", "mlp_out": "output.dense",
+                   "attn_q": "attention.attention.query", "attn_k": "attention.attention.key",
+                   "attn_v": "attention.attention.value", "attn_o": "attention.output.dense"}},
+    ],
+    # DecisionTransformerModel: a GPT-2 over (return, state, action) tokens; not a language model.
+    "decision_transformer": {
+        "blocks": "encoder.h", "head": "none",
+        "types": {"mlp_in": "mlp.c_fc", "mlp_out": "mlp.c_proj", "attn_qkv": "attn.c_attn", "attn_o": "attn.c_proj"},
+    },
 }
 
 # Groups usable in place of a type in an EDIT: a prefix of the canonical type names.
 GROUPS = {"mlp": "mlp_", "attn": "attn_", "all": ""}
+
+
+def head_of(model_type: str) -> str:
+    """The head an entry loads with: "causal" unless the entry says otherwise."""
+    entry = ARCHITECTURES.get(model_type, {})
+    entry = entry[0] if isinstance(entry, list) else entry
+    return entry.get("head", "causal")

@@ -117,9 +117,14 @@ def _get(model: nn.Module, dotted: str) -> nn.Module | None:
 
 
 def _from_table(model: nn.Module, model_type: str, modules: dict) -> Layout | None:
-    entry = ARCHITECTURES.get(model_type)
-    if entry is None:
-        return None
+    entries = ARCHITECTURES.get(model_type)
+    for entry in entries if isinstance(entries, list) else [entries] if entries else []:
+        if (layout := _from_entry(model, model_type, entry, modules)) is not None:
+            return layout
+    return None
+
+
+def _from_entry(model: nn.Module, model_type: str, entry: dict, modules: dict) -> Layout | None:
     blocks_path = _base_prefix(model) + entry["blocks"]
     blocks = _get(model, blocks_path)
     if not isinstance(blocks, nn.ModuleList):

@@ -112,17 +112,26 @@ def choose_metrics(kind: str, names: list[str] | None, has_paraphrases: bool) ->
             if kind in m.kinds and m.default and (m.needs != "paraphrases" or has_paraphrases)]
 
 
-def rank_key(metrics: dict, primary: str) -> tuple:
-    """A key to maximise: the primary metric first (logloss-like ones minimised), then the other metrics in a
-    fixed order (losses minimised), so ties break the same way everywhere."""
+def lower_is_better(metric: str, lower: bool | None = None) -> bool:
+    """The direction of `metric`: `lower` where the caller knows it (a user objective's metric), else the
+    registry's (a name outside it is maximised)."""
+    if lower is not None:
+        return lower
+    return METRICS[metric].lower_is_better if metric in METRICS else False
+
+
+def rank_key(metrics: dict, primary: str, lower: bool | None = None) -> tuple:
+    """A key to maximise: the primary metric first (logloss-like ones minimised; `lower` overrides its
+    direction), then the other metrics in a fixed order (losses minimised), so ties break the same way
+    everywhere."""
     order = [primary] + [m for m in ("acc", "top1", "gen01", "gen01_paper", "acc_norm", "top10", "logloss",
                                      "choice_logloss", "robust") if m != primary]
     out = []
     for name in order:
-        lower = METRICS[name].lower_is_better if name in METRICS else False
+        down = lower_is_better(name, lower if name == primary else None)
         value = metrics.get(name)
         if value is None or value != value:  # missing or NaN: worst
             out.append(float("-inf"))
         else:
-            out.append(-value if lower else value)
+            out.append(-value if down else value)
     return tuple(out)

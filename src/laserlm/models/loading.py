@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..core.architectures import ARCHITECTURES
+from ..core.architectures import head_of
 from ..errors import UserError, first_line
 from .factorized import attach_factors, read_recipe
+from .python import file_digest, is_python_spec, load_attr, module_fingerprint
 from ..core.svd import cache_root
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -32,7 +33,7 @@ class Loaded:
     model: nn.Module
     tokenizer: object | None
     spec: str
-    kind: str  # "hub", "folder", "gguf" or "demo"
+    kind: str  # "hub", "folder", "gguf", "demo" or "python"
     identity: dict = field(default_factory=dict)
     recipe: dict | None = None  # laser_recipe.json, when the folder was written by `laser apply`
 
@@ -97,14 +98,19 @@ def _auto_class(config):
 
     mt = config.model_type
     archs = getattr(config, "architectures", None) or []
-    wants_mlm = ARCHITECTURES.get(mt, {}).get("head") == "mlm" or any(a.endswith("ForMaskedLM") for a in archs)
+    wants_mlm = head_of(mt) == "mlm" or any(a.endswith("ForMaskedLM") for a in archs)
     if wants_mlm and mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return AutoModelForMaskedLM
     if mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return AutoModelForCausalLM
     if mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return AutoModelForMaskedLM
-    return AutoModel
+    import transformers
+
+    # Not a language model (a ViT classifier, a decision transformer): the class the folder names, head
+    # included; AutoModel would drop the head.
+    named = getattr(transformers, archs[0], None) if archs else None
+    return named if named is not None and hasattr(named, "from_pretrained") else AutoModel
 
 
 def _looks_like_path(spec: str) -> bool:
@@ -194,7 +200,9 @@ def load_model(
     device_map: str | None = None,
     revision: str | None = None,
 ) -> Loaded:
-    """Load MODEL: a hub id, a local HF folder (one written by `laser apply` too), a .gguf file, or `demo`."""
+    """Load MODEL: a hub id, a local HF folder (one written by `laser apply` too), a .gguf file, `demo`, or
+    FILE.py:FACTORY, a function of no arguments that returns any torch module (its `tokenizer` attribute, if
+    any, is used as the tokenizer)."""
     torch_dtype = resolve_dtype(dtype)
     device = resolve_device(device)
     _quiet_transformers()
@@ -206,6 +214,13 @@ def load_model(
         kind = "demo" if spec == "demo" else "gguf"
         model, tokenizer, _ = _load_folder(_gguf_as_folder(path), torch_dtype, device, device_map)
         fingerprint = _file_fingerprint(path)
+    elif is_python_spec(spec):  # FILE.py:FACTORY, a function that builds any torch module
+        model = load_attr(spec, "MODEL")()
+        if not isinstance(model, torch.nn.Module):
+            raise UserError(f"MODEL {spec} returned {type(model).__name__}, not a torch.nn.Module")
+        model = model.to(dtype=torch_dtype, device=device)
+        kind, tokenizer = "python", getattr(model, "tokenizer", None)
+        fingerprint = f"{file_digest(spec)}-{module_fingerprint(model)}"
     elif Path(spec).expanduser().is_dir():
         folder = Path(spec).expanduser()
         kind = "folder"

@@ -1,6 +1,7 @@
-"""One search of a loaded model on a task, end to end: the sweep on val, selection, the test split, the
-Marchenko-Pastur baseline, composition and best.json (the caller writes report.md). `laser search` runs one;
-`laser reproduce` runs one per benchmark with the same model in memory.
+"""One search, end to end: the sweep on val, selection, the test split, the Marchenko-Pastur baseline,
+composition and best.json (the caller writes report.md). What is scored is a split: text rows prepared once
+(`laser search -t`, `laser reproduce`), or a user's objective (`laserlm.search`, `laser search --objective`);
+everything else is the same code.
 """
 
 from __future__ import annotations
@@ -17,25 +18,54 @@ from ..core.edits import Edit
 from ..core.layout import Layout
 from ..core.svd import SVDCache
 from ..evaluation.evaluate import Prepared
-from ..evaluation.metrics import Metric
+from ..evaluation.metrics import Metric, lower_is_better
 from ..evaluation.scoring import Scorer
+from ..errors import UserError
+from .halving import HALVING_STORE, halve, schedule
+from .objective import Objective, ObjectiveSplit
 from .store import ResultStore, check_manifest, rows_hash
 from .sweep import Sweeper, best_row, compose, grid
 
 
 @dataclass
+class Split:
+    """What is scored on one split (`score(context=None)` gives the model's metrics as it is now), and the
+    fingerprint of its rows ({"n", "hash"}) that the manifest and every result key record."""
+
+    scoring: Prepared | ObjectiveSplit
+    rows: dict
+    head: Callable[[int], "Split"] | None = None  # the first n rows as a split of their own (--halving)
+
+
+def _text_split(scorer: Scorer, rows: list, metrics: list[Metric], gen_tokens: int) -> Split:
+    return Split(Prepared(scorer, rows, metrics, gen_tokens), {"n": len(rows), "hash": rows_hash(rows)},
+                 lambda n: _text_split(scorer, rows[:n], metrics, gen_tokens))
+
+
+def text_splits(scorer: Scorer, val: list, test: list, metrics: list[Metric], gen_tokens: int) -> dict[str, Split]:
+    """Each row set encoded and packed once, whichever store its results go to."""
+    return {split: _text_split(scorer, rows, metrics, gen_tokens) for split, rows in (("val", val), ("test", test))}
+
+
+def text_numerics(metrics: list[Metric], gen_tokens: int) -> dict:
+    """What a text search's scores depend on besides the model and rows."""
+    return {"metrics": sorted(m.name for m in metrics), "gen_tokens": gen_tokens}
+
+
+def objective_splits(objective: Objective, model) -> dict[str, Split]:
+    return {split: Split(ObjectiveSplit(objective, model, split), objective.fingerprint(split))
+            for split in ("val", "test")}
+
+
+@dataclass
 class SearchJob:
-    """Everything one search needs; `identity` (model, task) and `numerics` (dtype, svd, device) go into the
-    run's manifest and every result key, `info` into the manifest only."""
+    """Everything one search needs; `identity` (model, task or objective) and `numerics` (dtype, svd,
+    device, ...) go into the run's manifest and every result key, `info` into the manifest only."""
 
     model: object
     layout: Layout
-    scorer: Scorer
-    val: list
-    test: list
-    metrics: list[Metric]
+    splits: dict[str, Split]
     metric: str
-    gen_tokens: int
     run_dir: Path
     types: list[str]
     layers: list[int]
@@ -48,6 +78,8 @@ class SearchJob:
     compose: bool = False
     # sweep(on_val, pending_candidates, on_done): another backend for the single-edit sweep (Ray)
     sweep: Callable | None = None
+    lower: bool | None = None  # the metric's direction where the metric registry does not know it
+    halving: int | None = None  # ETA of successive halving over val rows; None: every candidate on all of val
 
 
 def device_type(model) -> str:
@@ -57,33 +89,52 @@ def device_type(model) -> str:
 
 
 def run_job(job: SearchJob, bar=None, log=None) -> dict:
-    """Run the search and write best.json; returns its content plus "seconds" and "swept". The caller writes
+    """Run the search and write best.json; returns its content plus "seconds", "swept" and "halving" (the
+    rounds' (rows, candidates), or None). The caller writes
     report.md (analysis sits above this package). `bar(total)` makes a progress bar (a tqdm) for the sweep."""
     log = log or (lambda m: print(m, file=sys.stderr))
     candidates = grid(job.types, job.layers, job.amounts, job.methods)
-    numerics = {**job.numerics, "metrics": sorted(m.name for m in job.metrics), "gen_tokens": job.gen_tokens}
-    manifest = {**job.identity, "val_rows": {"n": len(job.val), "hash": rows_hash(job.val)},
-                "test_rows": {"n": len(job.test), "hash": rows_hash(job.test)}, **numerics}
+    numerics = job.numerics
+    manifest = {**job.identity, "val_rows": job.splits["val"].rows, "test_rows": job.splits["test"].rows,
+                **numerics}
+    lower = lower_is_better(job.metric, job.lower)
     check_manifest(job.run_dir, manifest,
                    {"types": job.types, "layers": job.layers, "amounts": job.amounts, "methods": job.methods},
-                   {"metric": job.metric, **job.info})
-    # Each row set is encoded and packed once, whichever store its results go to.
-    prepared = {split: (Prepared(job.scorer, rows, job.metrics, job.gen_tokens), rows_hash(rows))
-                for split, rows in (("val", job.val), ("test", job.test))}
+                   {"metric": job.metric, "lower_is_better": lower, "halving": job.halving, **job.info})
 
-    def sweeper(split, store_name):
-        rows, digest = prepared[split]
-        context = {"model": job.identity["model"], "task": job.identity["task"], "rows": digest, **numerics}
-        return Sweeper(job.model, job.layout, rows, ResultStore(job.run_dir / store_name), context, split, job.cache)
+    def sweeper(split, store, part=None):
+        part = part or job.splits[split]
+        context = {"model": job.identity["model"], "task": job.identity["task"], "rows": part.rows["hash"],
+                   **numerics}
+        store = store if isinstance(store, ResultStore) else ResultStore(job.run_dir / store)
+        return Sweeper(job.model, job.layout, part.scoring, store, context, split, job.cache)
 
     t0 = time.perf_counter()
     on_val = sweeper("val", "results.jsonl")
+    if isinstance(job.splits["val"].scoring, ObjectiveSplit):
+        on_val.evaluate([])  # the base row first: an objective that fails, fails before any output
     pending = [c for c in candidates if on_val.done([c]) is None]
-    log(f"{len(candidates)} candidates ({len(candidates) - len(pending)} already done), {len(job.val)} val rows, "
-        f"{len(job.test)} test rows -> {job.run_dir}")
-    with bar(len(pending)) if bar else nullcontext() as progress:
+    sizes = ", ".join(f"{p.rows['n']} {s} rows" for s, p in job.splits.items() if p.rows["n"] is not None)
+    log(f"{len(candidates)} candidates ({len(candidates) - len(pending)} already done)"
+        f"{', ' + sizes if sizes else ''} -> {job.run_dir}")
+    plan = None
+    if job.halving:
+        if job.splits["val"].head is None or job.sweep is not None:
+            raise UserError("--halving slices the rows of -t TASK and runs here: not with --objective or --backend ray")
+        plan = schedule(len(candidates), job.splits["val"].rows["n"], job.halving)
+        log("halving: " + ", ".join(f"{c} on {r} rows" for r, c in plan))
+    with bar(sum(c for _, c in plan) if plan else len(pending)) if bar else nullcontext() as progress:
         tick = (lambda row: progress.update(1)) if progress is not None else None
-        if job.sweep is None:
+        if plan:
+            partial = ResultStore(job.run_dir / HALVING_STORE)
+
+            def score(cands, n):
+                on_part = sweeper("val", partial, job.splits["val"].head(n))
+                on_part.sweep(cands, on_done=tick)
+                return {c: on_part.done([c])["metrics"] for c in cands}
+
+            on_val.sweep(halve(candidates, plan, score, job.metric, job.lower, log), on_done=tick)
+        elif job.sweep is None:
             on_val.sweep(candidates, on_done=tick)
         else:
             on_val.sweep([])  # the base model, here
@@ -92,9 +143,9 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
     metric = job.metric
     base = on_val.done([])
     rows = [r for r in on_val.store.rows.values() if r["split"] == "val"]
-    best = best_row(rows, metric)
+    best = best_row(rows, metric, job.lower)
     on_test = sweeper("test", "test.jsonl")
-    result = {"metric": metric, "base": summary([], base, on_test.evaluate([]), metric)}
+    result = {"metric": metric, "lower_is_better": lower, "base": summary([], base, on_test.evaluate([]), metric)}
     best_edits = [Edit.from_json(e) for e in best["edits"]] if best else []
     result["best"] = summary(best_edits, best or base, on_test.evaluate(best_edits), metric)
     if best_edits:  # the data-free baseline on the same matrix: keep what clears the Marchenko-Pastur edge
@@ -103,10 +154,10 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
         result["mp"] = summary(mp, baselines.evaluate(mp), on_test.evaluate(mp), metric)
     if job.compose:
         on_compose = sweeper("val", "composed.jsonl")
-        stack, row = compose(on_compose, rows, base, metric, log=log)
+        stack, row = compose(on_compose, rows, base, metric, log=log, lower=job.lower)
         result["composed"] = summary(stack, row, on_test.evaluate(stack), metric)
     (job.run_dir / "best.json").write_text(json.dumps(result, indent=2) + "\n")
-    return {**result, "seconds": secs, "swept": len(pending)}
+    return {**result, "seconds": secs, "swept": len(pending), "halving": plan}
 
 
 def summary(edits, val_row: dict, test_row: dict, metric: str) -> dict:
@@ -117,7 +168,11 @@ def summary(edits, val_row: dict, test_row: dict, metric: str) -> dict:
 
 def summary_lines(result: dict) -> list[str]:
     metric = result["metric"]
-    lines = [f"swept {result.get('swept', '?')} candidates in {result.get('seconds', 0):.1f} s"]
+    if result.get("halving"):
+        rounds = ", ".join(f"{c} on {r} rows" for r, c in result["halving"])
+        lines = [f"successive halving ({rounds}) in {result.get('seconds', 0):.1f} s"]
+    else:
+        lines = [f"swept {result.get('swept', '?')} candidates in {result.get('seconds', 0):.1f} s"]
     for name in ("base", "best", "mp", "composed"):
         if name in result:
             r = result[name]

@@ -17,6 +17,7 @@ from ..core.layout import Layout
 from ..core.edits import Edit, edited, plan
 from ..evaluation.evaluate import Evaluation, Prepared
 from ..evaluation.metrics import rank_key
+from .objective import ObjectiveSplit
 from .prefix import PrefixCache
 from .store import ResultStore, candidate_key
 from ..core.svd import SVDCache
@@ -45,7 +46,7 @@ class Sweeper:
 
     model: torch.nn.Module
     layout: Layout
-    prepared: Prepared
+    prepared: Prepared | ObjectiveSplit  # anything whose score() gives the model's metrics as it is now
     store: ResultStore
     context: dict  # model identity, task, rows: what a result's key depends on
     split: str
@@ -82,7 +83,8 @@ class Sweeper:
         pending = [c for c in candidates if self.done([c]) is None]
         for c in pending:  # every candidate is checked before any work
             plan(self.model, [c], self.layout)
-        if self.layout.blocks is None or not self.prepared.scorer.fast:
+        replay = isinstance(self.prepared, Prepared) and self.prepared.scorer.fast
+        if self.layout.blocks is None or not replay:
             for edits in [[]] * base + [[c] for c in pending]:  # no known block list: correct, just slower
                 row = self.evaluate(edits)
                 on_done and edits and on_done(row)
@@ -128,13 +130,13 @@ class Sweeper:
         return hidden
 
 
-def best_row(rows: list[dict], primary: str) -> dict | None:
+def best_row(rows: list[dict], primary: str, lower: bool | None = None) -> dict | None:
     """Best single-edit row by `primary` (losses minimised); ties broken by the other metrics, then by the
     edit's text, for determinism."""
     singles = [r for r in rows if len(r["edits"]) == 1]
     if not singles:
         return None
-    return max(singles, key=lambda r: (*rank_key(r["metrics"], primary), _neg_text(r)))
+    return max(singles, key=lambda r: (*rank_key(r["metrics"], primary, lower), _neg_text(r)))
 
 
 def _neg_text(row: dict) -> tuple:
@@ -142,21 +144,22 @@ def _neg_text(row: dict) -> tuple:
     return tuple(-ord(ch) for ch in str(Edit.from_json(row["edits"][0])))
 
 
-def compose(sweeper: Sweeper, rows: list[dict], base: dict, primary: str, log=None) -> tuple[list[Edit], dict]:
+def compose(sweeper: Sweeper, rows: list[dict], base: dict, primary: str, log=None,
+            lower: bool | None = None) -> tuple[list[Edit], dict]:
     """Greedy stacking (paper §5.1): each layer's best single edit, layers ordered by that edit's val
     gain, added when it improves val (the primary metric, ties broken by the others)."""
     by_layer: dict[int, list[dict]] = {}
     for r in rows:
         if len(r["edits"]) == 1:
             by_layer.setdefault(r["edits"][0]["layer"], []).append(r)
-    per_layer = [best_row(group, primary) for group in by_layer.values()]
-    order = sorted(per_layer, key=lambda r: rank_key(r["metrics"], primary), reverse=True)
+    per_layer = [best_row(group, primary, lower) for group in by_layer.values()]
+    order = sorted(per_layer, key=lambda r: rank_key(r["metrics"], primary, lower), reverse=True)
     stack: list[Edit] = []
     current = base
     for r in order:
         trial = stack + [Edit.from_json(r["edits"][0])]
         row = r if not stack else sweeper.evaluate(trial)  # a one-edit stack is the row itself
-        if rank_key(row["metrics"], primary) > rank_key(current["metrics"], primary):
+        if rank_key(row["metrics"], primary, lower) > rank_key(current["metrics"], primary, lower):
             stack, current = trial, row
             log and log(f"compose: + {trial[-1]} -> {primary} {row['metrics'][primary]:.4f}")
     return stack, current
