@@ -45,12 +45,12 @@ SPLIT_SEEDS = {"val": range(0, 100), "test": range(100, 200)}  # training levels
 MAX_STEPS = 100
 
 
-def make_env(max_steps: int = MAX_STEPS):
+def make_env(max_steps: int = MAX_STEPS, env_id: str = ENV_ID):
     """The level as a full-grid observation."""
     import gymnasium as gym
     from minigrid.wrappers import FullyObsWrapper  # importing minigrid registers its environments
 
-    return FullyObsWrapper(gym.make(ENV_ID, max_steps=max_steps))
+    return FullyObsWrapper(gym.make(env_id, max_steps=max_steps))
 
 
 def encode(obs) -> np.ndarray:
@@ -123,11 +123,11 @@ def episode(env, seed: int) -> dict:
     return {"states": np.stack(states), "actions": np.array(plan), "rewards": np.array(rewards, np.float32)}
 
 
-def episodes(seeds, cache: Path | None) -> list[dict]:
+def episodes(seeds, cache: Path | None, env_id: str = ENV_ID) -> list[dict]:
     if cache is not None and cache.is_file():
         data = np.load(cache, allow_pickle=True)
         return list(data["episodes"])
-    env = make_env()
+    env = make_env(env_id=env_id)
     out = [episode(env, s) for s in seeds]
     if cache is not None:
         np.savez(cache.with_suffix(".tmp.npz"), episodes=np.array(out, dtype=object))
@@ -218,10 +218,10 @@ def train(out: Path, data: list[dict], steps: int, quick: bool) -> tuple:
 
 
 @torch.inference_mode()
-def rollout(model, seeds, target_return: float, max_steps: int = MAX_STEPS) -> dict:
+def rollout(model, seeds, target_return: float, max_steps: int = MAX_STEPS, env_id: str = ENV_ID) -> dict:
     """Every level of `seeds` played at once, greedy actions, until each is solved or out of steps: solved
     rate and mean return."""
-    envs = [make_env(max_steps) for _ in seeds]
+    envs = [make_env(max_steps, env_id) for _ in seeds]
     eps = []
     for env, seed in zip(envs, seeds):
         obs, _ = env.reset(seed=int(seed))
@@ -250,10 +250,10 @@ def rollout(model, seeds, target_return: float, max_steps: int = MAX_STEPS) -> d
     return {"return": float(np.mean(returns)), "solved": float(np.mean([r > 0 for r in returns])), "n": len(eps)}
 
 
-def make_objective(target_return: float, name: str, seeds: dict = SPLIT_SEEDS,
-                   max_steps: int = MAX_STEPS) -> laserlm.Objective:
+def make_objective(target_return: float, name: str, seeds: dict = SPLIT_SEEDS, max_steps: int = MAX_STEPS,
+                   env_id: str = ENV_ID) -> laserlm.Objective:
     def evaluate(model, split):
-        return rollout(model, seeds[split], target_return, max_steps)
+        return rollout(model, seeds[split], target_return, max_steps, env_id)
 
     return laserlm.Objective(evaluate, metric="return", name=f"decision_transformer.{name}", version="1")
 
@@ -263,6 +263,7 @@ def main(argv=None) -> int:
     p.add_argument("--levels", type=int, default=2000, help="training levels, each one optimal episode (default 2000)")
     p.add_argument("--steps", type=int, default=2000, help="training steps of 64 windows (default 2000)")
     p.add_argument("--layers", default="all", help="layers to search (default all)")
+    p.add_argument("--env", default=ENV_ID, help=f"a minigrid DoorKey environment (default {ENV_ID})")
     p.add_argument("--quick", action="store_true", help="a tiny model, 60 levels, 100 steps, 2 rhos: seconds")
     p.add_argument("-o", "--output", required=True, help="run folder: episodes, model/, train.json, search/")
     args = p.parse_args(argv)
@@ -271,20 +272,23 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     levels, steps, rhos = (60, 100, (0.5, 0.1)) if args.quick else (args.levels, args.steps, PAPER_RHOS)
     t0 = time.perf_counter()
-    data = episodes(range(10_000, 10_000 + levels), out / f"episodes_{levels}_max{MAX_STEPS}.npz")
+    if "DoorKey" not in args.env:
+        raise SystemExit(f"decision_transformer: --env {args.env}: the BFS solver knows DoorKey levels only")
+    data = episodes(range(10_000, 10_000 + levels), out / f"episodes_{levels}_max{MAX_STEPS}.npz", args.env)
     solve_secs = time.perf_counter() - t0
     model, train_secs = train(out, data, steps, args.quick)
     target = float(max(ep["rewards"].sum() for ep in data))
     # The quick run checks the pipeline, not the numbers: fewer and shorter rollouts.
-    objective = make_objective(target, "doorkey6-quick", {"val": range(8), "test": range(100, 108)}, 40) \
-        if args.quick else make_objective(target, "doorkey6")
+    name = args.env.removeprefix("MiniGrid-").lower()
+    objective = make_objective(target, f"{name}-quick", {"val": range(8), "test": range(100, 108)}, 40, args.env) \
+        if args.quick else make_objective(target, name, env_id=args.env)
     t0 = time.perf_counter()
     result = laserlm.search(model, objective,
                             run_dir=out / "search", types="mlp", layers=args.layers, rhos=rhos, compose=True,
                             model_id=str(out / "model"), progress=not args.quick)
     secs = time.perf_counter() - t0
     pick = lambda r: {s: r[s] for s in ("val", "test")} | {f"{s}_solved": r[f"{s}_metrics"]["solved"] for s in ("val", "test")}  # noqa: E731
-    summary = {"env": ENV_ID, "levels": levels, "target_return": target, "solve_seconds": round(solve_secs, 1),
+    summary = {"env": args.env, "levels": levels, "target_return": target, "solve_seconds": round(solve_secs, 1),
                "train_seconds": round(train_secs, 1), "search_seconds": round(secs, 1), "base": pick(result["base"]),
                "best": pick(result["best"]), "best_edits": result["best"]["edits"],
                "composed": pick(result["composed"]), "composed_edits": result["composed"]["edits"]}

@@ -58,6 +58,8 @@ def search(
     higher_is_better: bool | None = None,
     model_id: str | None = None,
     cache: SVDCache | None = None,
+    prescreen: str | None = None,
+    budget: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -72,7 +74,8 @@ def search(
 
     The model is put in eval mode and every matrix it had is restored when the search returns.
     Matrices are addressed by the architecture table, by `module_patterns` ('blocks.{layer}.mlp.fc1'),
-    or by an explicit `layout`.
+    or by an explicit `layout`. `prescreen="mp"|"snr"` with `budget=N` evaluates only the N candidates a
+    data-free reading of the spectra ranks best.
     """
     objective = as_objective(objective, metric, higher_is_better)
     methods = list(methods)
@@ -93,7 +96,7 @@ def search(
         cache=cache, compose=compose, identity=identity,
         numerics={"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "svd": cache.mode,
                   "device": device_type(model)},
-        lower=not objective.higher_is_better)
+        lower=not objective.higher_is_better, prescreen=prescreen, budget=budget)
     def bar(total):
         from tqdm import tqdm
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..core.edits import Edit
 from ..evaluation.metrics import lower_is_better, rank_key
 from ..search.halving import HALVING_STORE
+from ..search.prescreen import PRESCREEN_FILE
 from ..search.store import MANIFEST, ResultStore
 
 
@@ -94,7 +95,7 @@ def write_report(run_dir: str | Path) -> Path:
     for r in singles[:10] + ([base] if base else []):
         label = f"`{Edit.from_json(r['edits'][0])}`" if r["edits"] else "base"
         lines.append(f"| {label} | {' | '.join(_fmt(r['metrics'].get(m)) for m in cols)} | {r['n']} |")
-    lines += _halving_section(run_dir, metric, lower)
+    lines += _halving_section(run_dir, metric, lower) + _prescreen_section(run_dir, rows)
     lines += ["", "## Grid", ""]
     for key in ("types", "layers", "amounts", "methods"):
         if key in manifest:
@@ -128,6 +129,25 @@ def _halving_section(run_dir: Path, metric: str, lower: bool) -> list[str]:
         best = max(rounds[n], key=lambda r: rank_key(r["metrics"], metric, lower))
         lines.append(f"| {n} | {len(rounds[n])} | `{Edit.from_json(best['edits'][0])}` | "
                      f"{_fmt(best['metrics'].get(metric))} |")
+    return lines
+
+
+def _prescreen_section(run_dir: Path, rows: list[dict]) -> list[str]:
+    """What --prescreen ranked and which of its candidates --budget let through."""
+    path = run_dir / PRESCREEN_FILE
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    evaluated = {str(Edit.from_json(r["edits"][0])) for r in rows if len(r["edits"]) == 1}
+    order = [(str(Edit.from_json(r["edit"])), r["score"]) for r in saved["order"]]
+    lines = ["", f"## Prescreen: {saved['kind']}", "",
+             f"{len(evaluated)} of {len(order)} candidates evaluated"
+             + (f" (--budget {saved['budget']}, the best ranked)" if saved.get("budget") else "")
+             + "; the others were never scored, and the best edit may be among them: the risk of --budget.", "",
+             "| rank | edit | prescreen score | evaluated |", "|---|---|---|---|"]
+    for i, (edit, score) in enumerate(order[:15], 1):
+        lines.append(f"| {i} | `{edit}` | {'-' if score is None else f'{score:.4g}'} | "
+                     f"{'yes' if edit in evaluated else 'no'} |")
     return lines
 
 

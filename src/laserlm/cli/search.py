@@ -68,6 +68,7 @@ def _objective_search(args) -> int:
                                       ("--data", args.data), ("--lm-eval-include", args.lm_eval_include))
              if value is not None] + (["--backend ray"] if args.backend == "ray" else [])
     given += ["--halving"] if args.halving else []
+    given += ["--prescreen grad"] if args.prescreen == "grad" else []
     if given:
         raise UserError(f"{', '.join(given)} belong to -t TASK: an --objective chooses its own rows and runs here")
     objective = load_attr(args.objective, "--objective")
@@ -78,7 +79,8 @@ def _objective_search(args) -> int:
     result = search(loaded.model, objective, run_dir=args.output, types=args.types, layers=args.layers,
                     rhos=amounts, methods=methods,
                     compose=args.compose, module_patterns=args.module_pattern, metric=args.metric,
-                    higher_is_better=False if args.minimize else None, model_id=args.model, cache=cache)
+                    higher_is_better=False if args.minimize else None, model_id=args.model, cache=cache,
+                    prescreen=args.prescreen, budget=args.budget)
     print("\n".join(summary_lines(result)))
     print(f"report: {Path(args.output) / 'report.md'}")
     return 0
@@ -99,6 +101,8 @@ def run_search(args) -> int:
     _check_backend(args)
     if args.halving and args.backend == "ray":
         raise UserError("--halving runs here: drop --backend ray, or --halving")
+    if (args.prescreen is None) != (args.budget is None):
+        raise UserError("--prescreen ranks the candidates and --budget N keeps the best N: give both")
     output_dir(args.output)
     if args.objective:
         return _objective_search(args)
@@ -135,7 +139,8 @@ def run_search(args) -> int:
               "args": {"model": args.model, "task": args.task, "data": args.data, "limit": args.limit,
                        "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern,
                        "protocol": args.protocol}},
-        sweep=_ray_sweep(args, layout) if args.backend == "ray" else None, halving=args.halving)
+        sweep=_ray_sweep(args, layout) if args.backend == "ray" else None, halving=args.halving,
+        prescreen=args.prescreen, budget=args.budget)
     result = run_job(job, bar=lambda total: tqdm(total=total, unit="cand", desc="search", dynamic_ncols=True,
                                                  file=sys.stderr))
     report = write_report(job.run_dir)
@@ -176,6 +181,13 @@ def register_search(p):
                         "the best 1/ETA (default 3), double the rows, repeat until the survivors have seen all "
                         "of val (their rows go to results.jsonl, partial scores to halving.jsonl). Several "
                         "times faster; the risk: a candidate weak on the first slice is never seen on all of val")
+    p.add_argument("--prescreen", choices=["mp", "snr", "grad"],
+                   help="rank the candidates before any evaluation, for --budget: mp (share of the removed energy "
+                        "under the Marchenko-Pastur edge), snr (matrices by signal-to-noise ratio, lowest first), "
+                        "grad (first-order change of the val loss from one backward pass on 32 val rows)")
+    p.add_argument("--budget", type=positive_int, metavar="N",
+                   help="with --prescreen: evaluate only the N best-ranked candidates (prescreen.json keeps the "
+                        "ranking). The risk: the best edit may be among those never evaluated")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: this process. ray: candidates grouped by layer on Ray actors (pip install "
                         "'laserlm[ray]'); the cluster at --ray-address or $RAY_ADDRESS, else a local Ray")

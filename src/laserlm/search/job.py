@@ -7,6 +7,7 @@ everything else is the same code.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -22,6 +23,7 @@ from ..evaluation.metrics import Metric, lower_is_better
 from ..evaluation.scoring import Scorer
 from ..errors import UserError
 from .halving import HALVING_STORE, halve, schedule
+from .prescreen import GRAD_ROWS, PRESCREEN_FILE, prescreen
 from .objective import Objective, ObjectiveSplit
 from .store import ResultStore, check_manifest, rows_hash
 from .sweep import Sweeper, best_row, compose, grid
@@ -80,6 +82,8 @@ class SearchJob:
     sweep: Callable | None = None
     lower: bool | None = None  # the metric's direction where the metric registry does not know it
     halving: int | None = None  # ETA of successive halving over val rows; None: every candidate on all of val
+    prescreen: str | None = None  # mp, snr or grad: rank the candidates before any evaluation ...
+    budget: int | None = None  # ... and evaluate only this many of the best ranked
 
 
 def device_type(model) -> str:
@@ -100,7 +104,10 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
     lower = lower_is_better(job.metric, job.lower)
     check_manifest(job.run_dir, manifest,
                    {"types": job.types, "layers": job.layers, "amounts": job.amounts, "methods": job.methods},
-                   {"metric": job.metric, "lower_is_better": lower, "halving": job.halving, **job.info})
+                   {"metric": job.metric, "lower_is_better": lower, "halving": job.halving,
+                    "prescreen": job.prescreen, "budget": job.budget, **job.info})
+    if job.prescreen:
+        candidates = _screened(job, candidates, log)
 
     def sweeper(split, store, part=None):
         part = part or job.splits[split]
@@ -158,6 +165,33 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
         result["composed"] = summary(stack, row, on_test.evaluate(stack), metric)
     (job.run_dir / "best.json").write_text(json.dumps(result, indent=2) + "\n")
     return {**result, "seconds": secs, "swept": len(pending), "halving": plan}
+
+
+def _screened(job: SearchJob, candidates: list[Edit], log) -> list[Edit]:
+    """The `budget` best candidates by the prescreen, kept in prescreen.json: a rerun after a kill evaluates
+    the same set, even where a gradient would come out a few ulps apart."""
+    path = job.run_dir / PRESCREEN_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        order = [(Edit.from_json(r["edit"]), r["score"]) for r in saved["order"]]
+        if saved.get("kind") == job.prescreen and {c for c, _ in order} == set(candidates):
+            candidates = [c for c, _ in order]
+            return candidates[:job.budget] if job.budget else candidates
+    if job.prescreen == "grad" and job.splits["val"].head is None:
+        raise UserError("--prescreen grad takes its gradient on -t TASK rows; an objective can use mp or snr")
+    prepared = job.splits["val"].head(min(GRAD_ROWS, job.splits["val"].rows["n"])).scoring \
+        if job.prescreen == "grad" else None
+    t0 = time.perf_counter()
+    order = prescreen(job.prescreen, job.layout, job.cache, candidates, prepared)
+    log(f"prescreen {job.prescreen}: {len(order)} candidates ranked in {time.perf_counter() - t0:.1f} s"
+        + (f", the best {job.budget} go on" if job.budget else ""))
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"kind": job.prescreen, "budget": job.budget,
+                               "order": [{"edit": c.to_json(), "score": sc} for c, sc in order]}) + "\n")
+    os.replace(tmp, path)
+    candidates = [c for c, _ in order]
+    return candidates[:job.budget] if job.budget else candidates
 
 
 def summary(edits, val_row: dict, test_row: dict, metric: str) -> dict:

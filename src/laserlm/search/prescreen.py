@@ -1,0 +1,114 @@
+"""Cheap orderings of the candidates before any evaluation (`--prescreen mp|snr|grad`, with `--budget N`).
+
+- `mp`: data-free. A candidate scores the share of the energy it removes that lies under the matrix's
+  Marchenko-Pastur noise edge: removing noise first (laserRMT's reading of the spectrum).
+- `snr`: data-free. Matrices by their signal-to-noise ratio, energy above the edge over energy below,
+  lowest first (Spectrum's ranking); within a matrix, the rank closest to the number of components above the
+  edge first.
+- `grad`: one backward pass of the paper's loss on a few val rows gives G = dL/dW for every matrix; the
+  derivative with respect to singular value i is g_i = u_i' G v_i, so removing the components past k changes
+  the loss by about -sum_{i>=k} s_i g_i (first order). Candidates predicted to lower the loss most come first
+  (the ranking of Sreeram, Maalouf, Sharma & Rus, "Compress to Impress", 2025).
+
+Edits that are not top-k SVD truncations (prune, zero, bottom, mp) have no such score and come last.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..core.edits import Edit
+from ..core.layout import Layout
+from ..core.methods import mp_threshold, rank_for
+from ..core.svd import SVDCache
+
+KINDS = ("mp", "snr", "grad")
+PRESCREEN_FILE = "prescreen.json"
+GRAD_ROWS = 32
+
+
+def _spectrum(layout: Layout, cache: SVDCache, type_: str, layer: int):
+    weight = layout.target(type_, layer).weight
+    return weight, cache.get(weight)
+
+
+def _data_free(kind: str, layout: Layout, cache: SVDCache, cands: list[Edit]) -> dict[Edit, float]:
+    scores, per_matrix = {}, {}
+    for c in cands:
+        if (c.type, c.layer) not in per_matrix:
+            weight, svd = _spectrum(layout, cache, c.type, c.layer)
+            s = svd.S.double()
+            edge = mp_threshold(weight)
+            above = s > edge
+            snr = (s[above] ** 2).sum().item() / max((s[~above] ** 2).sum().item(), 1e-30)
+            per_matrix[(c.type, c.layer)] = (s, edge, max(1, int(above.sum())), snr)
+        s, edge, k_mp, snr = per_matrix[(c.type, c.layer)]
+        k = rank_for(c.amount, layout.target(c.type, c.layer).shape)
+        if kind == "mp":
+            removed = s[k:]
+            total = (removed ** 2).sum().item()
+            noise = (removed[removed <= edge] ** 2).sum().item()
+            scores[c] = noise / total if total > 0 else 0.0
+        else:  # snr: the matrix's SNR decides (low first), closeness of k to the MP rank breaks ties
+            scores[c] = -math.log10(max(snr, 1e-30)) - 1e-3 * abs(math.log(k / k_mp))
+    return scores
+
+
+def _scored(request, examples) -> bool:
+    """The paper's loss counts the answer of a cloze row and the correct choice of a choice row."""
+    i, role, sub = request.key
+    return role == "main" or (role == "choice" and sub == examples[i].label)
+
+
+def _grad(layout: Layout, cache: SVDCache, cands: list[Edit], prepared) -> dict[Edit, float]:
+    """First-order change of the val loss for each candidate, from one backward pass over `prepared`'s rows."""
+    scorer, model = prepared.scorer, prepared.scorer.model
+    names = {(c.type, c.layer): layout.target(c.type, c.layer).name for c in cands}
+    weights = {key: model.get_submodule(name).weight for key, name in names.items()}
+    wanted = {id(w) for w in weights.values()}
+    saved = {p: p.requires_grad for p in model.parameters()}
+    grads = {key: torch.zeros_like(w, dtype=torch.float32) for key, w in weights.items()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in wanted)
+            p.grad = None
+        n_targets = sum(len(r.targets) for r in prepared.requests if _scored(r, prepared.examples))
+        with torch.enable_grad():
+            for batch in prepared.batches:
+                reqs = [prepared.requests[i] for i in batch]
+                rows = [(b, pos, tok) for b, r in enumerate(reqs) if _scored(r, prepared.examples)
+                        for pos, tok in r.targets]
+                if not rows:
+                    continue
+                ids, mask = scorer.collate(reqs)
+                logits = scorer.full_logits(ids, mask)
+                b, pos, tok = (torch.tensor(x, device=logits.device) for x in zip(*rows))
+                picked = logits[b, pos].float().log_softmax(-1).gather(-1, tok[:, None])
+                (-picked.sum() / n_targets).backward()
+        for key, w in weights.items():
+            grads[key] += w.grad.float()
+    finally:
+        for p, flag in saved.items():
+            p.grad = None
+            p.requires_grad_(flag)
+    scores = {}
+    for c in cands:
+        weight, svd = _spectrum(layout, cache, c.type, c.layer)
+        G = grads[(c.type, c.layer)].to(svd.U.device, svd.U.dtype)
+        g = ((svd.U.T @ G) * svd.Vh).sum(-1)  # g_i = u_i' G v_i
+        k = rank_for(c.amount, layout.target(c.type, c.layer).shape)
+        scores[c] = (svd.S[k:] * g[k:]).sum().item()  # -(predicted change of the loss)
+    return scores
+
+
+def prescreen(kind: str, layout: Layout, cache: SVDCache, candidates: list[Edit], prepared=None) -> list[tuple[Edit, float | None]]:
+    """The candidates, best first, with their scores (None: not rankable, last)."""
+    rankable = [c for c in candidates if c.method == "svd"]
+    if kind == "grad":
+        scores = _grad(layout, cache, rankable, prepared)
+    else:
+        scores = _data_free(kind, layout, cache, rankable)
+    order = sorted(rankable, key=lambda c: (-scores[c], str(c)))
+    return [(c, scores[c]) for c in order] + [(c, None) for c in candidates if c.method != "svd"]
