@@ -298,4 +298,8 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except laserlm.UserError as e:  # a bad run folder or option: one line, exit 2, as the CLI does
+        print(f"decision_transformer: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -148,3 +148,32 @@ def cloze_rows(n: int, seed: int = 0) -> list[dict]:
         answer = " ".join(rng.choice(WORDS[:40]) for _ in range(rng.randint(1, 2)))
         rows.append({"prompt": prompt, "answer": answer})
     return rows
+
+
+@pytest.fixture
+def task_file(tmp_path):
+    """1,500 cloze rows in a file: 300 go to val."""
+    import json
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in cloze_rows(1500, seed=3)))
+    return path
+
+
+def kill_when(argv: list[str], path, lines: int, env: dict | None = None, timeout: float = 120) -> None:
+    """Run `laser ARGV` in a child and SIGKILL it once `path` holds `lines` lines (a kill at any moment)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "laserlm", *argv], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if path.exists() and path.read_text().count("\n") >= lines:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"

@@ -4,11 +4,6 @@ SIGKILL mid-halving resumed to the same rows."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -16,7 +11,7 @@ from laserlm import Edit
 from laserlm.cli.main import main
 from laserlm.search.halving import halve, schedule
 
-from conftest import cloze_rows
+from conftest import kill_when
 
 
 def test_schedule_by_hand():
@@ -51,13 +46,6 @@ def test_survivors_of_each_round_with_a_stub_objective():
     assert [c.layer for c in lossy] == [0]  # a loss keeps the smallest
 
 
-@pytest.fixture
-def task_file(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in cloze_rows(1500, seed=3)))
-    return path
-
-
 def _argv(folder, task, out, *extra):
     return ["search", str(folder), "-t", str(task), "--types", "mlp_in,mlp_out,attn_o", "--layers", "all",
             "--rhos", "0.9,0.6,0.3,0.1,k=2,k=1", "--no-svd-cache", "--halving", "2", "-o", str(out), *extra]
@@ -80,16 +68,7 @@ def test_halving_rows_match_a_plain_search_and_survive_sigkill(tiny_with_tokeniz
     assert best["best"]["val"] == max(m["top1"] for e, _, m in halved.values() if e)
     assert "## Successive halving" in (full / "report.md").read_text()
 
-    cmd = [sys.executable, "-m", "laserlm", *_argv(tiny_with_tokenizer, task_file, killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    store, deadline = killed / "halving.jsonl", time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if store.exists() and store.read_text().count("\n") >= 60:  # inside the second round
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"
+    kill_when(_argv(tiny_with_tokenizer, task_file, killed), killed / "halving.jsonl", 60)  # in the second round
     assert not (killed / "best.json").exists()
     assert main(_argv(tiny_with_tokenizer, task_file, killed)) == 0
     assert _by_key(killed / "halving.jsonl") == partial

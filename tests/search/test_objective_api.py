@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +13,8 @@ import torch
 import laserlm
 from laserlm.cli.main import main
 from laserlm.models.python import load_attr
+
+from conftest import kill_when
 
 TOY = Path(__file__).with_name("toy_objective.py")
 PATTERNS = ["blocks.{layer}.fc1", "blocks.{layer}.fc2"]
@@ -78,17 +76,8 @@ def _cli(out: Path, *extra: str) -> list[str]:
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     full, killed, calls = tmp_path / "full", tmp_path / "killed", tmp_path / "calls.txt"
     assert main(_cli(full)) == 0
-    env = {**os.environ, "TOY_DELAY": "0.1"}
-    proc = subprocess.Popen([sys.executable, "-m", "laserlm", *_cli(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    results, deadline = killed / "results.jsonl", time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_text().count("\n") >= 4:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"
+    results = killed / "results.jsonl"
+    kill_when(_cli(killed), results, 4, env={**os.environ, "TOY_DELAY": "0.1"})
     n_before = len(results.read_text().splitlines())
     monkeypatch.setenv("TOY_CALLS", str(calls))
     assert main(_cli(killed)) == 0

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -21,7 +16,7 @@ from laserlm.search.store import ResultStore
 from laserlm.core.svd import SVDCache
 from laserlm.evaluation.tasks import Example
 
-from conftest import ARCHS, MLM, build_tiny, cloze_rows, tiny_tokenizer
+from conftest import ARCHS, MLM, build_tiny, cloze_rows, kill_when, tiny_tokenizer
 
 
 def _examples(n=24):
@@ -45,6 +40,30 @@ def test_prefix_cached_sweep_equals_plain_full_forwards(arch, tmp_path):
         fast = sweeper.done([c])["metrics"]
         assert fast["top1"] == plain["top1"] and fast["top10"] == plain["top10"], c
         assert fast["logloss"] == pytest.approx(plain["logloss"], abs=1e-6), c
+
+
+def test_mlp_candidates_replay_the_attention_output_instead_of_computing_it(tmp_path):
+    """Equality with plain forwards is the test above (every architecture, MLP candidates among them);
+    this one checks the attention of the edited block really runs once per batch, not once per candidate."""
+    model, tok = build_tiny("llama"), tiny_tokenizer()
+    layout = get_layout(model)
+    assert layout.attn == "self_attn"
+    prepared = Prepared(Scorer(model, tok, max_tokens=64), _examples())
+    calls = {"n": 0}
+    model.model.layers[2].self_attn.q_proj.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    sweeper = Sweeper(model, layout, prepared, ResultStore(None), {"m": "llama"}, "val", SVDCache(disk=None))
+    sweeper.sweep([])
+    calls["n"] = 0
+    mlp = grid(["mlp_in", "mlp_up", "mlp_out"], [2], [0.5, 0.2], ["svd"])
+    sweeper.sweep(mlp, base=False)
+    assert calls["n"] == len(prepared.batches)  # captured once per batch, replayed for all 6 candidates
+    calls["n"] = 0
+    sweeper.sweep(grid(["attn_o"], [2], [0.5], ["svd"]), base=False)
+    assert calls["n"] == len(prepared.batches)  # an attention edit recomputes the attention
+    for c in mlp:
+        with edited(model, [c], svd_cache=SVDCache(disk=None)):
+            plain = prepared.score().metrics
+        assert sweeper.done([c])["metrics"]["logloss"] == pytest.approx(plain["logloss"], abs=1e-6)
 
 
 def _row(edit, top1, loss):
@@ -81,13 +100,6 @@ def test_compose_orders_layers_by_gain_and_keeps_improvements():
                           ["mlp_in:2:0.1", "mlp_in:0:0.1", "mlp_in:1:0.1"]]
 
 
-@pytest.fixture
-def task_file(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in cloze_rows(1500, seed=3)))
-    return path
-
-
 def _search_argv(folder, task, out, *extra):
     return ["search", str(folder), "-t", str(task), "--types", "mlp_in,mlp_out,attn_o", "--layers", "all",
             "--rhos", "0.9,0.6,0.3,0.1,k=2,k=1", "--no-svd-cache", "-o", str(out), *extra]
@@ -100,17 +112,8 @@ def _rows(path):
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(tiny_with_tokenizer, task_file, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     assert main(_search_argv(tiny_with_tokenizer, task_file, full)) == 0
-    cmd = [sys.executable, "-m", "laserlm", *_search_argv(tiny_with_tokenizer, task_file, killed)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     results = killed / "results.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if results.exists() and results.read_text().count("\n") >= 4:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"
+    kill_when(_search_argv(tiny_with_tokenizer, task_file, killed), results, 4)
     n_before = len(_rows(results))
     assert 4 <= n_before < len(_rows(full / "results.jsonl"))
     with open(results, "a") as f:

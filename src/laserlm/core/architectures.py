@@ -5,10 +5,14 @@ Paths are relative to one block; `blocks` is the block list relative to `model.b
 `head` is the model class used to load it: causal LMs by default, masked LMs for encoders ("mlm"), the class
 the folder's config names for other models ("image", "none"). An entry may be a list of alternatives (one
 per naming of the modules across transformers releases): the first whose blocks exist is used.
+`attn` is a block's attention module. In every entry its input does not depend on the block's MLP (the MLP
+comes after it, or beside it in GPT-J/GPT-NeoX's parallel blocks), so an MLP edit at layer l leaves the
+attention output of block l unchanged and the search replays it instead of recomputing it.
 """
 
 _LLAMA_LIKE = {
     "blocks": "layers",
+    "attn": "self_attn",
     "types": {
         "mlp_in": "mlp.gate_proj",
         "mlp_up": "mlp.up_proj",
@@ -22,6 +26,7 @@ _LLAMA_LIKE = {
 
 _BERT_LIKE = {
     "blocks": "encoder.layer",
+    "attn": "attention",
     "head": "mlm",
     "types": {
         "mlp_in": "intermediate.dense",
@@ -38,6 +43,7 @@ ARCHITECTURES: dict[str, dict] = {
     # Phi-3 fuses gate+up and q,k,v into single matrices; they are addressed whole.
     "phi3": {
         "blocks": "layers",
+        "attn": "self_attn",
         "types": {
             "mlp_in": "mlp.gate_up_proj",
             "mlp_out": "mlp.down_proj",
@@ -48,6 +54,7 @@ ARCHITECTURES: dict[str, dict] = {
     # GPT-2 uses Conv1D (weights stored in x out); q,k,v are one fused c_attn matrix.
     "gpt2": {
         "blocks": "h",
+        "attn": "attn",
         "types": {
             "mlp_in": "mlp.c_fc",
             "mlp_out": "mlp.c_proj",
@@ -57,6 +64,7 @@ ARCHITECTURES: dict[str, dict] = {
     },
     "gptj": {
         "blocks": "h",
+        "attn": "attn",
         "types": {
             "mlp_in": "mlp.fc_in",
             "mlp_out": "mlp.fc_out",
@@ -68,6 +76,7 @@ ARCHITECTURES: dict[str, dict] = {
     },
     "gpt_neox": {
         "blocks": "layers",
+        "attn": "attention",
         "types": {
             "mlp_in": "mlp.dense_h_to_4h",
             "mlp_out": "mlp.dense_4h_to_h",
@@ -77,6 +86,7 @@ ARCHITECTURES: dict[str, dict] = {
     },
     "opt": {
         "blocks": "decoder.layers",
+        "attn": "self_attn",
         "types": {
             "mlp_in": "fc1",
             "mlp_out": "fc2",
@@ -91,17 +101,17 @@ ARCHITECTURES: dict[str, dict] = {
     # ViTForImageClassification: transformers 5.x names the blocks vit.layers with q/k/v/o and fc1/fc2;
     # older releases used BERT's names. The first alternative whose blocks exist is used.
     "vit": [
-        {"blocks": "layers", "head": "image",
+        {"blocks": "layers", "head": "image", "attn": "attention",
          "types": {"mlp_in": "mlp.fc1", "mlp_out": "mlp.fc2", "attn_q": "attention.q_proj",
                    "attn_k": "attention.k_proj", "attn_v": "attention.v_proj", "attn_o": "attention.o_proj"}},
-        {"blocks": "encoder.layer", "head": "image",
+        {"blocks": "encoder.layer", "head": "image", "attn": "attention",
          "types": {"mlp_in": "intermediate.dense", "mlp_out": "output.dense",
                    "attn_q": "attention.attention.query", "attn_k": "attention.attention.key",
                    "attn_v": "attention.attention.value", "attn_o": "attention.output.dense"}},
     ],
     # DecisionTransformerModel: a GPT-2 over (return, state, action) tokens; not a language model.
     "decision_transformer": {
-        "blocks": "encoder.h", "head": "none",
+        "blocks": "encoder.h", "head": "none", "attn": "attn",
         "types": {"mlp_in": "mlp.c_fc", "mlp_out": "mlp.c_proj", "attn_qkv": "attn.c_attn", "attn_o": "attn.c_proj"},
     },
 }

@@ -56,6 +56,7 @@ class Layout:
     source: str  # "table", "pattern" or "discovered"
     modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
     blocks: str | None = None  # the ModuleList of blocks, when known (the search's prefix cache needs it)
+    attn: str | None = None  # a block's attention module, relative to the block, when the table knows it
 
     @property
     def types(self) -> list[str]:
@@ -133,7 +134,9 @@ def _from_entry(model: nn.Module, model_type: str, entry: dict, modules: dict) -
     patterns = {t: p for t, p in patterns.items() if p.format(layer=0) in modules}
     if not patterns:
         return None
-    return Layout(model, model_type, patterns, len(blocks), "table", modules, blocks_path)
+    attn = entry.get("attn")
+    attn = attn if attn and f"{blocks_path}.0.{attn}" in modules else None
+    return Layout(model, model_type, patterns, len(blocks), "table", modules, blocks_path, attn)
 
 
 def _discover(model: nn.Module, model_type: str, modules: dict) -> Layout:

@@ -1,8 +1,10 @@
-"""Prefix caching: the hidden states entering block l do not depend on an edit at l or above.
+"""Prefix caching: the hidden states entering block l do not depend on an edit at l or above, and the
+output of block l's attention does not depend on an edit of block l's MLP.
 
 `capture` runs the real model up to block l and returns what enters it; `replay` runs the real model
-with blocks below l patched to hand back those cached states, so only blocks l..L do work. No model
-code is rewritten: embeddings, masks, rotary tables and the final norm still come from the HF forward.
+with blocks below l patched to hand back those cached states (and, for an MLP edit, block l's attention
+module patched to hand back its cached output), so only the rest does work. No model code is rewritten:
+embeddings, masks, rotary tables, layer norms, residual sums and the final norm come from the HF forward.
 """
 
 from __future__ import annotations
@@ -78,20 +80,46 @@ class PrefixCache:
         finally:
             handle.remove()
 
+    @torch.inference_mode()
+    def capture_attention(self, layer: int, attn: str, hidden: torch.Tensor, run):
+        """What block `layer`'s attention module returns during `run()`, the blocks below replayed from
+        `hidden`; the forward stops there."""
+        seen = {}
+
+        def hook(_m, _args, out):
+            seen["out"] = out
+            raise _Stop
+
+        handle = self.blocks[layer].get_submodule(attn).register_forward_hook(hook)
+        try:
+            with self.replay(layer, hidden):
+                run()
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        return seen["out"]
+
     @contextmanager
-    def replay(self, layer: int, hidden: torch.Tensor):
-        """Inside this block, blocks below `layer` return `hidden` at once instead of computing."""
+    def replay(self, layer: int, hidden: torch.Tensor, attention=None, attn: str | None = None):
+        """Inside this block, blocks below `layer` return `hidden` at once instead of computing, and, given
+        `attention`, block `layer`'s attention module `attn` returns it (an MLP edit at `layer` cannot change
+        it: the block's MLP comes after its attention, or beside it)."""
         out = hidden if not self.tuple_out else (hidden,) + (None,) * (self.tuple_out - 1)
 
         def skip(*_a, **_k):
             return out
 
         patched = list(self.blocks)[:layer]
+        if attention is not None:
+            patched.append(self.blocks[layer].get_submodule(attn))
         # An instance attribute shadows the class's forward. One may already be there: accelerate's
         # device-map hook *is* the instance's forward, so it is put back, never deleted.
         saved = [block.__dict__.get("forward", _ABSENT) for block in patched]
-        for block in patched:
+        for block in patched[:layer]:
             block.forward = skip
+        if attention is not None:
+            patched[layer].forward = lambda *_a, **_k: attention
         try:
             yield
         finally:

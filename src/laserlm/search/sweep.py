@@ -106,13 +106,27 @@ class Sweeper:
         for layer in sorted(by_layer):
             hidden = self._advance(prefix, collated, hidden, at, layer)
             at = layer
+            attention = self._attention(prefix, collated, hidden, layer, by_layer[layer])
             for c in by_layer[layer]:
+                reuse = attention if c.type.startswith("mlp_") else None
+
+                def context(b, h=hidden, l=layer, a=reuse):
+                    return prefix.replay(l, h[b], a and a[b], self.layout.attn)
+
                 t0 = time.perf_counter()
                 with edited(self.model, [c], layout=self.layout, svd_cache=self.cache):
-                    ev = self.prepared.score(context=lambda b, h=hidden, l=layer: prefix.replay(l, h[b]))
+                    ev = self.prepared.score(context=context)
                 row = self._record([c], ev, time.perf_counter() - t0)
                 on_done and on_done(row)
         self.walk = (at, hidden) if hidden is not None else None
+
+    def _attention(self, prefix: PrefixCache, collated, hidden, layer: int, cands: list[Edit]) -> list | None:
+        """Block `layer`'s attention output for every batch, when an MLP candidate there can reuse it."""
+        if self.layout.attn is None or not any(c.type.startswith("mlp_") for c in cands):
+            return None
+        scorer = self.prepared.scorer
+        return [prefix.capture_attention(layer, self.layout.attn, h, lambda ids=ids, m=m: scorer.hidden(ids, m))
+                for (ids, m), h in zip(collated, hidden)]
 
     def _advance(self, prefix: PrefixCache, collated, hidden, at: int, layer: int) -> list[torch.Tensor]:
         """Hidden states entering `layer` for every batch: from scratch, or one block at a time."""
