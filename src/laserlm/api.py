@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import torch
 
 from .analysis.report import write_report
-from .core.edits import parse_layers
+from .core.edits import parse_amounts, parse_layers
 from .core.layout import Layout, get_layout
 from .core.svd import SVDCache, default_cache
 from .errors import UserError
@@ -32,14 +32,6 @@ def _layers(layout: Layout, layers) -> list[int]:
     if isinstance(layers, str):
         layers = parse_layers(layers, f"layers={layers}")
     return list(range(layout.n_layers)) if layers is None else [int(x) for x in layers]
-
-
-def _amounts(rhos, methods: list[str]) -> list:
-    from .core.edits import parse_amount
-    from .core.methods import get_method
-
-    reader = next((m for m in methods if get_method(m).amount == "rank"), methods[0])
-    return [parse_amount(str(r), reader, f"rhos={list(rhos)}") for r in rhos]
 
 
 def search(
@@ -78,7 +70,7 @@ def search(
     data-free reading of the spectra ranks best.
     """
     objective = as_objective(objective, metric, higher_is_better)
-    methods = list(methods)
+    methods, rhos = list(methods), list(rhos)
     if not methods:
         raise UserError("methods is empty: give at least one, e.g. ('svd',)")
     model.eval()
@@ -92,7 +84,8 @@ def search(
     cache = cache or default_cache()
     job = SearchJob(
         model=model, layout=layout, splits=objective_splits(objective, model), metric=objective.metric,
-        run_dir=Path(run_dir), types=types, layers=layers, amounts=_amounts(list(rhos), methods), methods=methods,
+        run_dir=Path(run_dir), types=types, layers=layers, amounts=parse_amounts(rhos, methods, f"rhos={rhos}"),
+        methods=methods,
         cache=cache, compose=compose, identity=identity,
         numerics={"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "svd": cache.mode,
                   "device": device_type(model)},

@@ -17,27 +17,27 @@ SVD_HELP = (
 )
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (argparse turns the error into one line)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def int_at_least(low: int, name: str = ""):
+    """An argparse type: an integer of at least `low` (argparse turns the error into one line)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name + ' ' if name else ''}must be at least {low}, not {value}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1)
 
 
 def parse_amounts(text: str, methods: list[str]) -> list:
-    """Amounts as the most permissive swept method reads them (rank methods also take k=K)."""
-    from ..core.edits import parse_amount
-    from ..core.methods import get_method
+    """--rhos: a comma list of amounts (see core.edits.parse_amounts)."""
+    from ..core.edits import parse_amounts as parse
 
-    kinds = {m: get_method(m).amount for m in methods}
-    reader = next((m for m in methods if kinds[m] == "rank"), next((m for m in methods if kinds[m] != "none"), None))
-    if reader is None:
-        return [None]
-    return [parse_amount(part.strip(), reader, f"--rhos {text}") for part in text.split(",") if part.strip()]
+    return parse([part for part in text.split(",") if part.strip()], methods, f"--rhos {text}")
 
 
 def non_negative_float(text: str) -> float:

@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_model_args, add_svd_args, add_task_args, fit_task, load_from_args, non_negative_float,
-                      output_dir, parse_amounts, positive_int, scorer_for, svd_cache_from_args, task_from_args,
-                      task_identity, task_metrics)
+from .options import (add_model_args, add_svd_args, add_task_args, fit_task, int_at_least, load_from_args,
+                      non_negative_float, output_dir, parse_amounts, positive_int, scorer_for, svd_cache_from_args,
+                      task_from_args, task_identity, task_metrics)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
 laser search demo -t bb_wikidata --layers 15-29 --compose -o runs/wiki-full
 laser search gpt2 -t rows.jsonl --types mlp,attn_o --rhos 0.5,k=8 --methods svd,prune -o runs/mine
-laser search runs/vit-p4/model --objective examples/vit_digits.py:objective --types mlp -o runs/vit-p4/search"""
-
-
-def _eta(text: str) -> int:
-    value = positive_int(text)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"ETA must be at least 2, not {text}")
-    return value
+laser search runs/vit-digits-p4/model --objective examples/vit_classifier.py:objective --types mlp -o runs/vit-cli"""
 
 
 def _check_backend(args) -> None:
@@ -176,7 +168,7 @@ def register_search(p):
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
     p.add_argument("--compose", action="store_true",
                    help="greedily stack each layer's best edit, layers ordered by val gain, while val improves")
-    p.add_argument("--halving", nargs="?", const=3, type=_eta, metavar="ETA",
+    p.add_argument("--halving", nargs="?", const=3, type=int_at_least(2, "ETA"), metavar="ETA",
                    help="successive halving over val rows: score every candidate on a first slice of val, keep "
                         "the best 1/ETA (default 3), double the rows, repeat until the survivors have seen all "
                         "of val (their rows go to results.jsonl, partial scores to halving.jsonl). Several "

@@ -97,6 +97,16 @@ def parse_amount(text: str | None, method: str, edit: str) -> Amount:
     return rho
 
 
+def parse_amounts(amounts, methods: list[str], where: str) -> list[Amount]:
+    """A grid's amounts (texts or numbers), as the most permissive swept method reads them: a rank method
+    also takes k=K; methods that take no amount give [None]."""
+    kinds = {m: get_method(m).amount for m in methods}
+    reader = next((m for m in methods if kinds[m] == "rank"), next((m for m in methods if kinds[m] != "none"), None))
+    if reader is None:
+        return [None]
+    return [parse_amount(str(a).strip(), reader, where) for a in amounts]
+
+
 def parse_edit(text: str) -> EditSpec:
     """Parse one EDIT string; raises UserError naming what is wrong."""
     m = _EDIT_RE.match(text.strip())

@@ -26,7 +26,7 @@ def load_attr(spec: str, flag: str):
     same file share its module state (its data, its caches)."""
     m = _SPEC.match(spec)
     if not m:
-        raise UserError(f"{flag} {spec!r} is not FILE.py:NAME, e.g. examples/vit_digits.py:objective")
+        raise UserError(f"{flag} {spec!r} is not FILE.py:NAME, e.g. examples/vit_classifier.py:objective")
     path = Path(m["file"]).expanduser().resolve()
     if not path.is_file():
         raise UserError(f"{flag} {spec!r}: no such file {m['file']}")

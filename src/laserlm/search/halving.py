@@ -15,9 +15,14 @@ from typing import Callable
 
 from ..core.edits import Edit
 from ..evaluation.metrics import rank_key
+from .sweep import text_tiebreak
 
 HALVING_STORE = "halving.jsonl"
 MIN_ROWS = 32  # a first slice smaller than this ranks candidates mostly by noise
+
+
+def rounds_text(plan: list[tuple[int, int]]) -> str:
+    return ", ".join(f"{c} on {r} rows" for r, c in plan)
 
 
 def schedule(n_candidates: int, n_rows: int, eta: int, min_rows: int = MIN_ROWS) -> list[tuple[int, int]]:
@@ -39,10 +44,7 @@ def schedule(n_candidates: int, n_rows: int, eta: int, min_rows: int = MIN_ROWS)
 
 def survivors(scores: dict[Edit, dict], keep: int, primary: str, lower: bool | None = None) -> list[Edit]:
     """The `keep` best by the selection order (ties broken by the other metrics, then by the edit's text)."""
-    def key(edit):
-        return (*rank_key(scores[edit], primary, lower), tuple(-ord(ch) for ch in str(edit)))
-
-    return sorted(scores, key=key, reverse=True)[:keep]
+    return sorted(scores, key=lambda e: (*rank_key(scores[e], primary, lower), text_tiebreak(e)), reverse=True)[:keep]
 
 
 def halve(candidates: list[Edit], plan: list[tuple[int, int]], score: Callable[[list[Edit], int], dict],

@@ -22,7 +22,7 @@ from ..evaluation.evaluate import Prepared
 from ..evaluation.metrics import Metric, lower_is_better
 from ..evaluation.scoring import Scorer
 from ..errors import UserError
-from .halving import HALVING_STORE, halve, schedule
+from .halving import HALVING_STORE, halve, rounds_text, schedule
 from .prescreen import GRAD_ROWS, PRESCREEN_FILE, prescreen
 from .objective import Objective, ObjectiveSplit
 from .store import ResultStore, check_manifest, rows_hash
@@ -129,7 +129,7 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
         if job.splits["val"].head is None or job.sweep is not None:
             raise UserError("--halving slices the rows of -t TASK and runs here: not with --objective or --backend ray")
         plan = schedule(len(candidates), job.splits["val"].rows["n"], job.halving)
-        log("halving: " + ", ".join(f"{c} on {r} rows" for r, c in plan))
+        log(f"halving: {rounds_text(plan)}")
     with bar(sum(c for _, c in plan) if plan else len(pending)) if bar else nullcontext() as progress:
         tick = (lambda row: progress.update(1)) if progress is not None else None
         if plan:
@@ -171,27 +171,23 @@ def _screened(job: SearchJob, candidates: list[Edit], log) -> list[Edit]:
     """The `budget` best candidates by the prescreen, kept in prescreen.json: a rerun after a kill evaluates
     the same set, even where a gradient would come out a few ulps apart."""
     path = job.run_dir / PRESCREEN_FILE
-    if path.exists():
-        saved = json.loads(path.read_text())
-        order = [(Edit.from_json(r["edit"]), r["score"]) for r in saved["order"]]
-        if saved.get("kind") == job.prescreen and {c for c, _ in order} == set(candidates):
-            candidates = [c for c, _ in order]
-            return candidates[:job.budget] if job.budget else candidates
-    if job.prescreen == "grad" and job.splits["val"].head is None:
-        raise UserError("--prescreen grad takes its gradient on -t TASK rows; an objective can use mp or snr")
-    prepared = job.splits["val"].head(min(GRAD_ROWS, job.splits["val"].rows["n"])).scoring \
-        if job.prescreen == "grad" else None
-    t0 = time.perf_counter()
-    order = prescreen(job.prescreen, job.layout, job.cache, candidates, prepared)
-    log(f"prescreen {job.prescreen}: {len(order)} candidates ranked in {time.perf_counter() - t0:.1f} s"
-        + (f", the best {job.budget} go on" if job.budget else ""))
-    job.run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"kind": job.prescreen, "budget": job.budget,
-                               "order": [{"edit": c.to_json(), "score": sc} for c, sc in order]}) + "\n")
-    os.replace(tmp, path)
-    candidates = [c for c, _ in order]
-    return candidates[:job.budget] if job.budget else candidates
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    order = [Edit.from_json(r["edit"]) for r in saved.get("order", [])]
+    if saved.get("kind") != job.prescreen or set(order) != set(candidates):
+        if job.prescreen == "grad" and job.splits["val"].head is None:
+            raise UserError("--prescreen grad takes its gradient on -t TASK rows; an objective can use mp or snr")
+        prepared = job.splits["val"].head(min(GRAD_ROWS, job.splits["val"].rows["n"])).scoring \
+            if job.prescreen == "grad" else None
+        t0 = time.perf_counter()
+        ranked = prescreen(job.prescreen, job.layout, job.cache, candidates, prepared)
+        log(f"prescreen {job.prescreen}: {len(ranked)} candidates ranked in {time.perf_counter() - t0:.1f} s"
+            + (f", the best {job.budget} go on" if job.budget else ""))
+        tmp = path.with_suffix(".tmp")  # run_dir exists: check_manifest made it
+        tmp.write_text(json.dumps({"kind": job.prescreen, "budget": job.budget,
+                                   "order": [{"edit": c.to_json(), "score": sc} for c, sc in ranked]}) + "\n")
+        os.replace(tmp, path)
+        order = [c for c, _ in ranked]
+    return order[:job.budget] if job.budget else order
 
 
 def summary(edits, val_row: dict, test_row: dict, metric: str) -> dict:
@@ -203,8 +199,7 @@ def summary(edits, val_row: dict, test_row: dict, metric: str) -> dict:
 def summary_lines(result: dict) -> list[str]:
     metric = result["metric"]
     if result.get("halving"):
-        rounds = ", ".join(f"{c} on {r} rows" for r, c in result["halving"])
-        lines = [f"successive halving ({rounds}) in {result.get('seconds', 0):.1f} s"]
+        lines = [f"successive halving ({rounds_text(result['halving'])}) in {result.get('seconds', 0):.1f} s"]
     else:
         lines = [f"swept {result.get('swept', '?')} candidates in {result.get('seconds', 0):.1f} s"]
     for name in ("base", "best", "mp", "composed"):

@@ -16,6 +16,7 @@ Edits that are not top-k SVD truncations (prune, zero, bottom, mp) have no such 
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
@@ -29,31 +30,21 @@ PRESCREEN_FILE = "prescreen.json"
 GRAD_ROWS = 32
 
 
-def _spectrum(layout: Layout, cache: SVDCache, type_: str, layer: int):
-    weight = layout.target(type_, layer).weight
-    return weight, cache.get(weight)
-
-
-def _data_free(kind: str, layout: Layout, cache: SVDCache, cands: list[Edit]) -> dict[Edit, float]:
-    scores, per_matrix = {}, {}
-    for c in cands:
-        if (c.type, c.layer) not in per_matrix:
-            weight, svd = _spectrum(layout, cache, c.type, c.layer)
-            s = svd.S.double()
-            edge = mp_threshold(weight)
-            above = s > edge
-            snr = (s[above] ** 2).sum().item() / max((s[~above] ** 2).sum().item(), 1e-30)
-            per_matrix[(c.type, c.layer)] = (s, edge, max(1, int(above.sum())), snr)
-        s, edge, k_mp, snr = per_matrix[(c.type, c.layer)]
-        k = rank_for(c.amount, layout.target(c.type, c.layer).shape)
-        if kind == "mp":
+def _spectral(kind: str, weight: torch.Tensor, svd) -> Callable[[int], float]:
+    """A matrix's data-free score of keeping rank k."""
+    s = svd.S.double()
+    edge = mp_threshold(weight)
+    above = s > edge
+    if kind == "mp":
+        def score(k):
             removed = s[k:]
             total = (removed ** 2).sum().item()
-            noise = (removed[removed <= edge] ** 2).sum().item()
-            scores[c] = noise / total if total > 0 else 0.0
-        else:  # snr: the matrix's SNR decides (low first), closeness of k to the MP rank breaks ties
-            scores[c] = -math.log10(max(snr, 1e-30)) - 1e-3 * abs(math.log(k / k_mp))
-    return scores
+            return (removed[removed <= edge] ** 2).sum().item() / total if total > 0 else 0.0
+        return score
+    # snr: the matrix's SNR decides (low first), closeness of k to the MP rank breaks ties
+    snr = (s[above] ** 2).sum().item() / max((s[~above] ** 2).sum().item(), 1e-30)
+    k_mp = max(1, int(above.sum()))
+    return lambda k: -math.log10(max(snr, 1e-30)) - 1e-3 * abs(math.log(k / k_mp))
 
 
 def _scored(request, examples) -> bool:
@@ -62,14 +53,14 @@ def _scored(request, examples) -> bool:
     return role == "main" or (role == "choice" and sub == examples[i].label)
 
 
-def _grad(layout: Layout, cache: SVDCache, cands: list[Edit], prepared) -> dict[Edit, float]:
-    """First-order change of the val loss for each candidate, from one backward pass over `prepared`'s rows."""
+def _gradient(layout: Layout, cache: SVDCache, keys: list[tuple[str, int]], prepared) -> dict:
+    """Each matrix's first-order score of keeping rank k, from one backward pass over `prepared`'s rows:
+    sum_{i>=k} s_i g_i with g_i = u_i' G v_i, minus the predicted change of the loss."""
     scorer, model = prepared.scorer, prepared.scorer.model
-    names = {(c.type, c.layer): layout.target(c.type, c.layer).name for c in cands}
-    weights = {key: model.get_submodule(name).weight for key, name in names.items()}
+    weights = {key: layout.target(*key).weight for key in keys}
     wanted = {id(w) for w in weights.values()}
     saved = {p: p.requires_grad for p in model.parameters()}
-    grads = {key: torch.zeros_like(w, dtype=torch.float32) for key, w in weights.items()}
+    out = {}
     try:
         for p in model.parameters():
             p.requires_grad_(id(p) in wanted)
@@ -87,28 +78,26 @@ def _grad(layout: Layout, cache: SVDCache, cands: list[Edit], prepared) -> dict[
                 b, pos, tok = (torch.tensor(x, device=logits.device) for x in zip(*rows))
                 picked = logits[b, pos].float().log_softmax(-1).gather(-1, tok[:, None])
                 (-picked.sum() / n_targets).backward()
-        for key, w in weights.items():
-            grads[key] += w.grad.float()
+        for key, w in weights.items():  # once per matrix, whatever the number of amounts
+            svd = cache.get(w)
+            g = ((svd.U.T @ w.grad.to(svd.U.device, svd.U.dtype)) * svd.Vh).sum(-1)
+            out[key] = lambda k, c=svd.S * g: c[k:].sum().item()
     finally:
         for p, flag in saved.items():
             p.grad = None
             p.requires_grad_(flag)
-    scores = {}
-    for c in cands:
-        weight, svd = _spectrum(layout, cache, c.type, c.layer)
-        G = grads[(c.type, c.layer)].to(svd.U.device, svd.U.dtype)
-        g = ((svd.U.T @ G) * svd.Vh).sum(-1)  # g_i = u_i' G v_i
-        k = rank_for(c.amount, layout.target(c.type, c.layer).shape)
-        scores[c] = (svd.S[k:] * g[k:]).sum().item()  # -(predicted change of the loss)
-    return scores
+    return out
 
 
 def prescreen(kind: str, layout: Layout, cache: SVDCache, candidates: list[Edit], prepared=None) -> list[tuple[Edit, float | None]]:
     """The candidates, best first, with their scores (None: not rankable, last)."""
     rankable = [c for c in candidates if c.method == "svd"]
+    keys = list(dict.fromkeys((c.type, c.layer) for c in rankable))
     if kind == "grad":
-        scores = _grad(layout, cache, rankable, prepared)
+        by_matrix = _gradient(layout, cache, keys, prepared)
     else:
-        scores = _data_free(kind, layout, cache, rankable)
+        by_matrix = {key: _spectral(kind, w, cache.get(w)) for key in keys for w in [layout.target(*key).weight]}
+    scores = {c: by_matrix[(c.type, c.layer)](rank_for(c.amount, layout.target(c.type, c.layer).shape))
+              for c in rankable}
     order = sorted(rankable, key=lambda c: (-scores[c], str(c)))
     return [(c, scores[c]) for c in order] + [(c, None) for c in candidates if c.method != "svd"]

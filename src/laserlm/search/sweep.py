@@ -150,12 +150,14 @@ def best_row(rows: list[dict], primary: str, lower: bool | None = None) -> dict 
     singles = [r for r in rows if len(r["edits"]) == 1]
     if not singles:
         return None
-    return max(singles, key=lambda r: (*rank_key(r["metrics"], primary, lower), _neg_text(r)))
+    return max(singles, key=lambda r: (*rank_key(r["metrics"], primary, lower), text_tiebreak(r["edits"][0])))
 
 
-def _neg_text(row: dict) -> tuple:
-    # max() picks the largest key; invert the text so that "a" beats "b" on a full tie.
-    return tuple(-ord(ch) for ch in str(Edit.from_json(row["edits"][0])))
+def text_tiebreak(edit: Edit | dict) -> tuple:
+    """The last key of a full tie, for determinism: max() picks the largest key, so the text is inverted and
+    "a" beats "b"."""
+    edit = Edit.from_json(edit) if isinstance(edit, dict) else edit
+    return tuple(-ord(ch) for ch in str(edit))
 
 
 def compose(sweeper: Sweeper, rows: list[dict], base: dict, primary: str, log=None,
