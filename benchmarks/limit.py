@@ -47,15 +47,15 @@ def limit_time(scorer: Scorer, prefix: PrefixCache, prepared: Prepared, collated
     _sync(device)
     t0 = time.perf_counter()
     gathered = []
-    for batch, (ids, mask), h in zip(prepared.batches, collated, hidden):
+    for batch, c, h in zip(prepared.batches, collated, hidden):
         with prefix.replay(layer, h):
-            states = scorer.hidden(ids, mask)
+            states = scorer.hidden(c)
         rows, cols = [], []
-        for row, i in enumerate(batch):
-            r = prepared.requests[i]
+        for j, r in enumerate(prepared.requests[i] for pack in batch for i in pack):
             for pos in [p for p, _ in r.targets] + ([r.topk_pos] if r.topk_pos is not None else []):
+                row, col = c.at(j, pos)
                 rows.append(row)
-                cols.append(pos)
+                cols.append(col)
         gathered.append(states[torch.tensor(rows, device=device), torch.tensor(cols, device=device)])
     scorer.head(torch.cat(gathered)).float().log_softmax(-1)  # one pass over the head's weight for all rows
     _sync(device)
@@ -91,13 +91,13 @@ def main() -> int:
             cache.get(layout.target(t, layer).weight)
     svd_secs = time.perf_counter() - t0
     prefix = PrefixCache(model, layout.blocks)
-    collated = [scorer.collate([prepared.requests[i] for i in b]) for b in prepared.batches]
+    collated = prepared.collated()
     print(f"{args.model} on {args.task}: {len(val)} val rows, {len(prepared.batches)} batches, {args.dtype} on "
           f"{device}; SVDs of {len(layers) * len(types)} matrices {svd_secs:.1f} s (once, then cached)")
     print("layer  limit_s  search_s/cand  ratio")
     total_limit = total_search = 0.0
     for layer in layers:
-        hidden = [prefix.capture(layer, lambda ids=ids, m=m: scorer.hidden(ids, m)) for ids, m in collated]
+        hidden = [prefix.capture(layer, lambda c=c: scorer.hidden(c)) for c in collated]
         limit_time(scorer, prefix, prepared, collated, hidden, layer)  # warm-up
         lim = min(limit_time(scorer, prefix, prepared, collated, hidden, layer) for _ in range(args.repeats))
         cands = grid(types, [layer], rhos, ["svd"])

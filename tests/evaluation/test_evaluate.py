@@ -9,7 +9,7 @@ import torch
 
 from laserlm.evaluation.evaluate import evaluate, perplexity
 from laserlm.evaluation.metrics import METRICS
-from laserlm.evaluation.scoring import Scorer
+from laserlm.evaluation.scoring import Request, Scorer
 from laserlm.evaluation.tasks import Example
 
 from conftest import ARCHS, MLM, build_tiny, tiny_tokenizer
@@ -142,9 +142,11 @@ def test_fast_head_equals_full_forward(arch):
     ids = torch.tensor([[2, 5, 6, 7, 8, 9], [2, 10, 11, 0, 0, 0]])
     mask = (torch.arange(6) < torch.tensor([[6], [3]])).long()
     rows, cols = torch.tensor([0, 0, 1, 1]), torch.tensor([2, 5, 0, 2])
+    batch = scorer.collate([[Request([2, 5, 6, 7, 8, 9], [])], [Request([2, 10, 11], [])]])
+    assert torch.equal(batch.ids, ids) and torch.equal(batch.mask, mask)
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask).logits[rows, cols]
-        fast = scorer.head(scorer.hidden(ids, mask)[rows, cols]).float()
+        fast = scorer.head(scorer.hidden(batch)[rows, cols]).float()
     torch.testing.assert_close(fast, full.float(), atol=1e-5, rtol=1e-5)
 
 

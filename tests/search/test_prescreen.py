@@ -26,7 +26,7 @@ def _loss(prepared) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for r in prepared.requests:
-            logits = prepared.scorer.full_logits(*prepared.scorer.collate([r]))[0].double().log_softmax(-1)
+            logits = prepared.scorer.full_logits(prepared.scorer.collate([[r]]))[0].double().log_softmax(-1)
             total -= sum(logits[pos, tok].item() for pos, tok in r.targets)
             count += len(r.targets)
     return total / count

@@ -171,7 +171,8 @@ def add_task_args(p, required: bool) -> None:
 
 def add_batch_args(p) -> None:
     p.add_argument("--batch-size", type=positive_int, metavar="N",
-                   help="sequences per batch (default: automatic, by the --max-tokens budget)")
+                   help="rows per batch (a row is one sequence, or sequences sharing a prefix packed together; "
+                        "default: automatic, by the --max-tokens budget)")
     p.add_argument("--max-tokens", type=positive_int, metavar="N",
                    help="tokens per batch, padding included (default 8192 on CPU, 65536 on GPU); lower it if "
                         "the activations of one batch do not fit")

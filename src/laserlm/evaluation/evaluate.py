@@ -139,6 +139,10 @@ class Prepared:
         self.requests, self.encodings = build_requests(scorer, examples, "paraphrases" in self.needs)
         self.batches = scorer.batches(self.requests)
 
+    def collated(self) -> list:
+        """Every batch as model inputs, in order (the search's prefix walk runs them block by block)."""
+        return [self.scorer.collate([[self.requests[i] for i in pack] for pack in batch]) for batch in self.batches]
+
     def score(self, context=None, progress=None) -> Evaluation:
         """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay)."""
         results = self.scorer.run(self.requests, progress, self.batches, context)

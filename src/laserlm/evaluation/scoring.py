@@ -1,9 +1,9 @@
 """Batched scoring: continuation log-likelihoods and next-token top-k, through the LM head only where needed.
 
 A request is one token sequence plus the (position, token) pairs whose log-probabilities we want and,
-for cloze rows, one position whose top-k we want. Requests are sorted by length and packed into
-right-padded batches under a token budget. The base model produces hidden states; only the gathered
-positions go through the LM head and the softmax.
+for cloze rows, one position whose top-k we want. Requests that share a prefix (the choices of one prompt)
+share one row (packing.py); rows are sorted by length and batched, right-padded, under a token budget. The
+base model produces hidden states; only the gathered positions go through the LM head and the softmax.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from torch import nn
 
 from ..core.architectures import ARCHITECTURES
 from ..errors import UserError
+from .packing import TREE_ATTENTION, Collated, batch_packs, collate, group, trie
 
 TOPK = 10
-PACK_RATIO = 0.85
 HEAD_ROWS = 1024  # rows per head pass: the float32 logits held at once are HEAD_ROWS x vocab (x2 with log_softmax)
 
 
@@ -53,45 +53,42 @@ class Scorer:
         self.mlm = is_masked_lm(model)
         self.fast = getattr(model.config, "model_type", None) in ARCHITECTURES
         self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
+        self.dtype = next(model.parameters()).dtype
+        self.trees = (self.fast and not self.mlm
+                      and getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION)
 
     # -- batching -------------------------------------------------------------------------------
-    def batches(self, requests: list[Request]) -> list[list[int]]:
-        """Indices of requests, longest first, packed under the token budget (and batch size).
+    def trees_for(self, requests: list[Request]) -> bool:
+        """Whether requests may share prefixes (packing.py): causal models of the table, with an attention that
+        takes a 4-D mask, and no request past a sliding window (which a custom mask would not apply)."""
+        window = getattr(self.model.config, "sliding_window", None)
+        return (self.trees and bool(requests)
+                and (not window or max(len(r.ids) for r in requests) <= window))
 
-        A new batch also starts when a row is shorter than PACK_RATIO of the batch's width, so padding
-        never costs more than ~15% of the compute.
-        """
-        order = sorted(range(len(requests)), key=lambda i: -len(requests[i].ids))
-        out, cur, width = [], [], 0
-        for i in order:
-            n = len(requests[i].ids)
-            if cur and ((len(cur) + 1) * width > self.max_tokens or n < PACK_RATIO * width
-                        or (self.batch_size is not None and len(cur) >= self.batch_size)):
-                out.append(cur)
-                cur = []
-            if not cur:
-                width = n
-            cur.append(i)
-        if cur:
-            out.append(cur)
-        return out
+    def batches(self, requests: list[Request]) -> list[list[list[int]]]:
+        """Batches of packs of request indices (a pack is one row: one request, or several sharing a prefix)."""
+        trees = self.trees_for(requests)
+        packs = group([r.ids for r in requests], trees, self.max_tokens)
+        lengths = [len(trie([requests[i].ids for i in pack])[0]) if trees else len(requests[pack[0]].ids)
+                   for pack in packs]
+        return [[packs[k] for k in batch] for batch in batch_packs(lengths, self.max_tokens, self.batch_size)]
 
-    def collate(self, reqs: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
-        width = max(len(r.ids) for r in reqs)
-        ids = torch.full((len(reqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(reqs), width), dtype=torch.long)
-        for row, r in enumerate(reqs):
-            ids[row, : len(r.ids)] = torch.tensor(r.ids)
-            mask[row, : len(r.ids)] = 1
-        return ids.to(self.device), mask.to(self.device)
+    def collate(self, packs: list[list[Request]], trees: bool | None = None) -> Collated:
+        """One batch as model inputs; `trees` (default: whenever a pack holds several requests) lays each pack
+        out as one row."""
+        trees = any(len(p) > 1 for p in packs) if trees is None else trees
+        return collate([[r.ids for r in pack] for pack in packs], trees, self.pad_id, self.device)
 
     # -- model ----------------------------------------------------------------------------------
-    def hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        # use_cache=False: scoring never decodes, and a KV cache would hold K and V of every layer.
-        return self.model.base_model(input_ids=ids, attention_mask=mask, **no_cache(self.model)).last_hidden_state
+    def _inputs(self, batch: Collated) -> dict:
+        return batch.inputs(self.model.config._attn_implementation, self.dtype)
 
-    def full_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=ids, attention_mask=mask, **no_cache(self.model)).logits
+    def hidden(self, batch: Collated) -> torch.Tensor:
+        # use_cache=False: scoring never decodes, and a KV cache would hold K and V of every layer.
+        return self.model.base_model(**self._inputs(batch), **no_cache(self.model)).last_hidden_state
+
+    def full_logits(self, batch: Collated) -> torch.Tensor:
+        return self.model(**self._inputs(batch), **no_cache(self.model)).logits
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -107,7 +104,7 @@ class Scorer:
 
     # -- scoring --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, requests: list[Request], progress=None, batches: list[list[int]] | None = None,
+    def run(self, requests: list[Request], progress=None, batches: list[list[list[int]]] | None = None,
             context=None) -> list[Result]:
         """Score every request. `batches` fixes the packing; `context(b)` wraps batch b's forward.
 
@@ -115,7 +112,7 @@ class Scorer:
         head together: at a few dozen rows per batch the head is bound by streaming its vocab x d
         weight, so one pass over all rows costs about what one batch's pass would.
         """
-        pending: list[tuple[list[int], list[Request], dict]] = []
+        pending: list[tuple[list[int], list[Request], list[list[int]], list[int | None], int]] = []
         gathered: list[torch.Tensor] = []
         results: list[Result | None] = [None] * len(requests)
 
@@ -125,26 +122,28 @@ class Scorer:
             gathered.clear()
 
         for b, batch in enumerate(batches if batches is not None else self.batches(requests)):
-            reqs = [requests[i] for i in batch]
-            ids, mask = self.collate(reqs)
-            # Each distinct (row, position) is scored once: a cloze row's top-k position is also
-            # where its first answer token is scored.
+            flat = [i for pack in batch for i in pack]
+            reqs = [requests[i] for i in flat]
+            inputs = self.collate([[requests[i] for i in pack] for pack in batch])
+            # Each distinct (row, column) is scored once: a cloze row's top-k position is also where its first
+            # answer token is scored, and the choices packed after one prompt are all scored at its end.
             where: dict[tuple[int, int], int] = {}
-            for row, r in enumerate(reqs):
-                for pos in [p for p, _ in r.targets] + ([r.topk_pos] if r.topk_pos is not None else []):
-                    where.setdefault((row, pos), len(where))
-            rows = torch.tensor([rp[0] for rp in where], device=self.device)
-            cols = torch.tensor([rp[1] for rp in where], device=self.device)
+            targets = [[where.setdefault(inputs.at(j, p), len(where)) for p, _ in r.targets]
+                       for j, r in enumerate(reqs)]
+            tops = [None if r.topk_pos is None else where.setdefault(inputs.at(j, r.topk_pos), len(where))
+                    for j, r in enumerate(reqs)]
+            rows = torch.tensor([rc[0] for rc in where], device=self.device)
+            cols = torch.tensor([rc[1] for rc in where], device=self.device)
             with context(b) if context is not None else nullcontext():
                 if self.fast:
-                    gathered.append(self.hidden(ids, mask)[rows, cols])
+                    gathered.append(self.hidden(inputs)[rows, cols])
                 else:
-                    gathered.append(self.full_logits(ids, mask)[rows, cols].float())
-            pending.append((batch, reqs, where))
+                    gathered.append(self.full_logits(inputs)[rows, cols].float())
+            pending.append((flat, reqs, targets, tops, len(where)))
             if sum(len(g) for g in gathered) >= HEAD_ROWS:
                 flush()
             if progress is not None:
-                progress(len(batch))
+                progress(len(flat))
         if pending:
             flush()
         return results  # type: ignore[return-value]
@@ -154,18 +153,18 @@ class Scorer:
         can gather thousands of positions, and their logits over a large vocabulary would not fit."""
         tok_rows, tok_ids, top_rows = [], [], []
         offset = 0
-        for _batch, reqs, where in pending:
-            for row, r in enumerate(reqs):
-                tok_rows += [offset + where[(row, p)] for p, _ in r.targets]
+        for _flat, reqs, targets, tops, n in pending:
+            for r, where, top in zip(reqs, targets, tops):
+                tok_rows += [offset + w for w in where]
                 tok_ids += [t for _, t in r.targets]
-                if r.topk_pos is not None:
-                    top_rows.append(offset + where[(row, r.topk_pos)])
-            offset += len(where)
+                if top is not None:
+                    top_rows.append(offset + top)
+            offset += n
         tok_rows_t = torch.tensor(tok_rows, dtype=torch.long)
         tok_ids_t = torch.tensor(tok_ids, dtype=torch.long)
         top_rows_t = torch.tensor(top_rows, dtype=torch.long)
         picked = torch.empty(len(tok_rows), dtype=torch.float32)
-        tops = torch.empty((len(top_rows), 0), dtype=torch.long)
+        tops_t = torch.empty((len(top_rows), 0), dtype=torch.long)
         for start in range(0, len(flat), HEAD_ROWS):
             end = min(start + HEAD_ROWS, len(flat))
             logits = self.head(flat[start:end]).float() if self.fast else flat[start:end]
@@ -177,13 +176,13 @@ class Scorer:
             sel = (top_rows_t >= start) & (top_rows_t < end)
             if sel.any():
                 top = logp[(top_rows_t[sel] - start).to(logp.device)].topk(min(TOPK, logp.shape[-1])).indices.cpu()
-                if tops.shape[1] == 0:
-                    tops = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
-                tops[sel] = top
-        picked_l, tops_l = picked.tolist(), tops.tolist()
+                if tops_t.shape[1] == 0:
+                    tops_t = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
+                tops_t[sel] = top
+        picked_l, tops_l = picked.tolist(), tops_t.tolist()
         k = t = 0
-        for batch, reqs, _where in pending:
-            for i, r in zip(batch, reqs):
+        for flat_idx, reqs, *_ in pending:
+            for i, r in zip(flat_idx, reqs):
                 res = Result(logprobs=picked_l[k:k + len(r.targets)])
                 k += len(r.targets)
                 if r.topk_pos is not None:

@@ -67,14 +67,13 @@ def _gradient(layout: Layout, cache: SVDCache, keys: list[tuple[str, int]], prep
             p.grad = None
         n_targets = sum(len(r.targets) for r in prepared.requests if _scored(r, prepared.examples))
         with torch.enable_grad():
-            for batch in prepared.batches:
-                reqs = [prepared.requests[i] for i in batch]
-                rows = [(b, pos, tok) for b, r in enumerate(reqs) if _scored(r, prepared.examples)
+            for batch, inputs in zip(prepared.batches, prepared.collated()):
+                reqs = [prepared.requests[i] for pack in batch for i in pack]
+                rows = [(*inputs.at(j, pos), tok) for j, r in enumerate(reqs) if _scored(r, prepared.examples)
                         for pos, tok in r.targets]
                 if not rows:
                     continue
-                ids, mask = scorer.collate(reqs)
-                logits = scorer.full_logits(ids, mask)
+                logits = scorer.full_logits(inputs)
                 b, pos, tok = (torch.tensor(x, device=logits.device) for x in zip(*rows))
                 picked = logits[b, pos].float().log_softmax(-1).gather(-1, tok[:, None])
                 (-picked.sum() / n_targets).backward()

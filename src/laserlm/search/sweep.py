@@ -101,8 +101,7 @@ class Sweeper:
             with prefix.record(at) as states:
                 self.evaluate([])
             hidden = states if by_layer else None
-        collated = [self.prepared.scorer.collate([self.prepared.requests[i] for i in batch])
-                    for batch in self.prepared.batches]
+        collated = self.prepared.collated()
         for layer in sorted(by_layer):
             hidden = self._advance(prefix, collated, hidden, at, layer)
             at = layer
@@ -125,20 +124,20 @@ class Sweeper:
         if self.layout.attn is None or not any(c.type.startswith("mlp_") for c in cands):
             return None
         scorer = self.prepared.scorer
-        return [prefix.capture_attention(layer, self.layout.attn, h, lambda ids=ids, m=m: scorer.hidden(ids, m))
-                for (ids, m), h in zip(collated, hidden)]
+        return [prefix.capture_attention(layer, self.layout.attn, h, lambda c=c: scorer.hidden(c))
+                for c, h in zip(collated, hidden)]
 
     def _advance(self, prefix: PrefixCache, collated, hidden, at: int, layer: int) -> list[torch.Tensor]:
         """Hidden states entering `layer` for every batch: from scratch, or one block at a time."""
         scorer = self.prepared.scorer
         if hidden is None:
-            return [prefix.capture(layer, lambda ids=ids, m=m: scorer.hidden(ids, m)) for ids, m in collated]
+            return [prefix.capture(layer, lambda c=c: scorer.hidden(c)) for c in collated]
         for l in range(at, layer):
             nxt = []
-            for (ids, m), h in zip(collated, hidden):
-                def run(ids=ids, m=m, h=h, l=l):
+            for c, h in zip(collated, hidden):
+                def run(c=c, h=h, l=l):
                     with prefix.replay(l, h):
-                        scorer.hidden(ids, m)
+                        scorer.hidden(c)
                 nxt.append(prefix.capture(l + 1, run))
             hidden = nxt
         return hidden
