@@ -66,13 +66,15 @@ def test_each_token_sees_itself_and_its_ancestors_only(impl):
         assert mask.dtype == torch.float32 and mask.min().item() == torch.finfo(torch.float32).min
 
 
-def test_requests_join_a_pack_when_a_quarter_is_shared_and_it_fits(monkeypatch):
+def test_sorted_requests_fill_packs_up_to_the_cap(monkeypatch):
     seqs = [[1, 2, 3, 4], [1, 2, 3, 5], [1, 9, 9, 9, 9], [7, 8], [1, 2, 6, 6]]
-    # sorted: [1,2,3,4] [1,2,3,5] [1,2,6,6] [1,9,9,9,9] [7,8]: shares 3, 2, 1 (of 5: < 1/4) and 0
-    assert group(seqs, True) == [[0, 1, 4], [2], [3]]
+    # sorted: [1,2,3,4] [1,2,3,5] [1,2,6,6] [1,9,9,9,9] [7,8]: new tokens 4, 1, 2, 4, 2
+    assert group(seqs, True) == [[0, 1, 4, 2, 3]]
     assert group(seqs, False) == [[0], [1], [2], [3], [4]]
-    monkeypatch.setattr(packing, "PACK_NODES", 6)  # 4 + 1 fits, + 2 more would make 7
-    assert group(seqs, True) == [[0, 1], [4], [2], [3]]
+    monkeypatch.setattr(packing, "PACK_NODES", 7)  # 4 + 1 + 2 fits; + 4 would make 11
+    assert group(seqs, True) == [[0, 1, 4], [2, 3]]
+    assert group(seqs, True, max_tokens=5) == [[0, 1], [4], [2], [3]]  # the batch budget caps a pack too
+    assert group([[1] * 9, [1] * 9 + [2]], True, max_tokens=5) == [[0], [1]]  # too long: a pack of its own
 
 
 def _prepared(model, tok, rows, trees: bool, **kw) -> Prepared:

@@ -13,7 +13,7 @@ from importlib import resources
 import pytest
 
 from laserlm.evaluation.protocols import PROTOCOLS, get_protocol
-from laserlm.evaluation.tasks import BUILTINS, load_task
+from laserlm.evaluation.tasks import BUILTINS, Example, load_task
 
 
 def _load(tmp_path, name, rows, protocol="paper"):
@@ -168,3 +168,49 @@ def test_masked_lms_get_the_authors_roberta_prompts(tmp_path):
         lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, at], -1)
     scores = evaluate(Scorer(model, tok), [ex]).records[0]["scores"]
     assert scores == pytest.approx([lp[tok.convert_tokens_to_ids(w)].item() for w in ("male", "female")], abs=1e-5)
+
+
+def test_masked_lms_on_bigbench_and_hotpotqa_follow_the_authors_five_mask_scripts(tmp_path):
+    """src/intervention_roberta_hotpot.py and _bbh.py: the loss scores "{prompt} {answer}" encoded without
+    special tokens with the answer's tokens masked; the accuracy decodes the argmax at five masks after the
+    prompt (special tokens kept) and looks for the answer in it."""
+    import torch
+
+    from laserlm.evaluation.evaluate import build_requests, evaluate
+    from laserlm.evaluation.metrics import METRICS
+    from laserlm.evaluation.scoring import Scorer
+
+    from conftest import build_tiny, tiny_tokenizer
+
+    hotpot = _load(tmp_path, "hotpotqa", [{"question": "where is paris", "answer": "france"}]).examples[0]
+    assert (hotpot.mlm_prompt, hotpot.mlm_bare) == ("where is paris? The answer is <mask>", True)
+    assert _load(tmp_path, "hotpotqa", [{"question": "where is paris", "answer": "france"}],
+                 protocol="laserlm").examples[0].mlm_prompt is None
+    model, tok = build_tiny("roberta"), tiny_tokenizer(masked=True)
+    # The tiny vocabulary: a BigBench-like choice row and a cloze row, as the builtin converters make them.
+    choice = Example("is the cat big", choices=[" yes", " no maybe"], label=1, mlm_prompt="is the cat big <mask>",
+                     mlm_bare=True)
+    reqs, _ = build_requests(Scorer(model, tok), [choice], False)
+    assert reqs[1].ids == tok("is the cat big no maybe", add_special_tokens=False)["input_ids"][:4] + [tok.mask_token_id] * 2
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([reqs[1].ids])).logits[0], -1)
+    no, maybe = tok.convert_tokens_to_ids(["no", "maybe"])
+    assert evaluate(Scorer(model, tok), [choice]).records[0]["scores"][1] == pytest.approx(
+        lp[4, no].item() + lp[5, maybe].item(), abs=1e-5)
+
+    cloze = [Example("the capital of france is", answers=["paris"]), Example("one two", answers=["three"])]
+    got = evaluate(Scorer(model, tok), cloze, [METRICS["gen01"], METRICS["gen01_paper"]]).records
+    for ex, rec in zip(cloze, got):
+        ids = tok(ex.prompt + " [MASK]" * 5)["input_ids"]
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.sep_token_id and ids.count(tok.mask_token_id) == 5
+        with torch.no_grad():
+            best = model(torch.tensor([ids])).logits[0].argmax(-1)
+        text = tok.decode([best[p].item() for p, t in enumerate(ids) if t == tok.mask_token_id])
+        assert rec["generation"] == text
+        assert rec["gen01"] == rec["gen01_paper"] == (ex.answers[0] in text.lower())
+    # A model that fills every mask with the answer is right, whatever the prompt: the check can fail and pass.
+    with torch.no_grad():
+        model.lm_head.decoder.bias.zero_()
+        model.lm_head.decoder.bias[tok.convert_tokens_to_ids("paris")] = 1e4
+    got = evaluate(Scorer(model, tok), cloze, [METRICS["gen01"]])
+    assert [r["gen01"] for r in got.records] == [True, False] and got.metrics["gen01"] == 0.5

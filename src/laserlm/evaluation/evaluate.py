@@ -21,9 +21,11 @@ class Evaluation:
     n: int
 
 
-def _request(scorer: Scorer, prompt_ids, cont_ids, topk: bool, key: tuple, template: str | None = None) -> Request:
+def _request(scorer: Scorer, prompt_ids, cont_ids, topk: bool, key: tuple, template: str | None = None,
+             bare: bool = False) -> Request:
     if scorer.mlm and template:
-        return masked_at_request(scorer.tokenizer, template, cont_ids, topk, key, max_positions(scorer.model))
+        return masked_at_request(scorer.tokenizer, template, cont_ids, topk, key, max_positions(scorer.model),
+                                 special=not bare)
     if scorer.mlm:
         return masked_request(scorer.tokenizer, prompt_ids, cont_ids, topk, key, max_positions(scorer.model))
     return causal_request(prompt_ids, cont_ids, topk, key, max_positions(scorer.model))
@@ -47,11 +49,12 @@ def build_requests(scorer: Scorer, examples: list[Example], paraphrases: bool) -
             for c, choice in enumerate(ex.choices):
                 prompt_ids, cont_ids = _pair(scorer, ex.prompt, choice)
                 encodings[i].append(cont_ids)
-                requests.append(_request(scorer, prompt_ids, cont_ids, False, (i, "choice", c), ex.mlm_prompt))
+                requests.append(_request(scorer, prompt_ids, cont_ids, False, (i, "choice", c), ex.mlm_prompt,
+                                         ex.mlm_bare))
             continue
         pairs = [_pair(scorer, ex.prompt, " " + a) for a in ex.answers]
         encodings[i] = [cont for _, cont in pairs]
-        requests.append(_request(scorer, pairs[0][0], pairs[0][1], True, (i, "main", 0), ex.mlm_prompt))
+        requests.append(_request(scorer, pairs[0][0], pairs[0][1], True, (i, "main", 0), ex.mlm_prompt, ex.mlm_bare))
         if paraphrases:
             for p, text in enumerate(ex.paraphrases):
                 para_ids, cont = _pair(scorer, text, " " + ex.answers[0])
@@ -96,11 +99,48 @@ def records_from(examples: list[Example], requests: list[Request], results, enco
     return records
 
 
+FILL_MASKS = 5  # src/intervention_roberta_hotpot.py:61 and _bbh.py:61: "{question} <mask> <mask> <mask> <mask> <mask>"
+
+
+def _hit(answers: list[str], text: str) -> bool:
+    return any(a.strip().lower() in text.strip().lower() for a in answers)
+
+
+@torch.inference_mode()
+def fill_masks_records(scorer: Scorer, examples: list[Example], records: list[dict]) -> None:
+    """A masked LM's generation, as the authors' RoBERTa scripts make it: FILL_MASKS masks after the prompt, the
+    argmax at each decoded together. Nothing of the prompt is decoded, so gen01_paper is gen01."""
+    tok = scorer.tokenizer
+    max_len = max_positions(scorer.model)
+    requests = []
+    for i, ex in enumerate(examples):
+        ids = encode_prompt(tok, ex.prompt + (" " + tok.mask_token) * FILL_MASKS)
+        masks = [p for p, t in enumerate(ids) if t == tok.mask_token_id][-FILL_MASKS:]
+        if max_len is not None and len(ids) > max_len:  # the prompt loses its start, its first token kept
+            drop = len(ids) - max_len
+            ids, masks = ids[:1] + ids[1 + drop:], [p - drop for p in masks]
+        requests.append(Request(ids, [(p, 0) for p in masks], None, (i,)))
+    for batch in scorer.batches(requests):
+        flat = [i for pack in batch for i in pack]
+        inputs = scorer.collate([[requests[i]] for i in flat])
+        rows = torch.tensor([j for j, i in enumerate(flat) for _ in requests[i].targets], device=scorer.device)
+        cols = torch.tensor([p for i in flat for p, _ in requests[i].targets], device=scorer.device)
+        logits = (scorer.head(scorer.hidden(inputs)[rows, cols]) if scorer.fast
+                  else scorer.full_logits(inputs)[rows, cols])
+        best = logits.argmax(-1).tolist()
+        for i in flat:
+            text = tok.decode(best[:FILL_MASKS])
+            best = best[FILL_MASKS:]
+            records[i]["generation"] = text
+            records[i]["gen01"] = records[i]["gen01_paper"] = _hit(examples[i].answers, text)
+
+
 @torch.inference_mode()
 def generate_records(scorer: Scorer, examples: list[Example], records: list[dict], max_new_tokens: int) -> None:
-    """gen01: greedy generation, only the generated tokens decoded; gen01_paper: the prompt decoded with them."""
+    """gen01: greedy generation, only the generated tokens decoded; gen01_paper: the prompt decoded with them.
+    Masked LMs fill masks instead (fill_masks_records)."""
     if scorer.mlm:
-        raise UserError("gen01 needs a causal LM; masked LMs do not generate")
+        return fill_masks_records(scorer, examples, records)
     tok, model = scorer.tokenizer, scorer.model
     old_side = tok.padding_side
     tok.padding_side = "left"
@@ -117,10 +157,9 @@ def generate_records(scorer: Scorer, examples: list[Example], records: list[dict
                 # The authors decode prompt and generation together (src/intervention_gptj_bbh_qa.py:101-121):
                 # an answer that occurs in the prompt counts as correct. Kept as gen01_paper, for comparison.
                 whole = tok.decode(out[row], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                answers = [a.strip().lower() for a in examples[i].answers]
                 records[i]["generation"] = text
-                records[i]["gen01"] = any(a in text.lower() for a in answers)
-                records[i]["gen01_paper"] = any(a in whole.strip().lower() for a in answers)
+                records[i]["gen01"] = _hit(examples[i].answers, text)
+                records[i]["gen01_paper"] = _hit(examples[i].answers, whole)
     finally:
         tok.padding_side = old_side
 

@@ -85,7 +85,8 @@ def _robust(records):
 
 @register_metric("gen01", ("cloze",), default=False, needs="generate",
                  help="greedy generation (prompt excluded) contains an answer, case-insensitive; costs one "
-                      "generate() of N tokens per row, batched")
+                      "generate() of N tokens per row, batched (masked LMs: the argmax at five masks after the "
+                      "prompt, one forward)")
 def _gen01(records):
     return _mean(r["gen01"] for r in records)
 

@@ -1,14 +1,15 @@
-"""Batches of requests, and requests that share a prefix packed into one sequence so the prefix runs once.
+"""Batches of requests, and requests packed into shared rows so that a common prefix runs once.
 
 Sorted by their token ids, requests that share a start sit next to each other: a choice row's prompt is
-repeated by each of its choices, and rows of one task often share an instruction. Consecutive requests
-that share enough are merged into a token trie, laid out depth-first as one sequence. Each token attends
-to its ancestors in the trie only (a 4-D mask) and sits at its depth (position ids), so every request sees
-exactly the tokens and positions it would see alone, through the model's own forward.
+repeated by each of its choices, and rows of one task often share an instruction. Consecutive requests fill
+a pack of up to PACK_NODES tokens as a token trie, laid out depth-first as one row: shared prefixes appear
+once, and unrelated requests sit side by side. Each token attends to its ancestors in the trie only (a 4-D
+mask) and sits at its depth (position ids), so every request sees exactly the tokens and positions it would
+see alone, through the model's own forward.
 
-The rule trades tokens against attention: a pack holds at most PACK_NODES tokens, and a request joins the
-pack before it when at least JOIN_SHARE of its tokens are already there. Attention over a pack costs
-O(PACK_NODES) per token, against the MLP's and projections' O(d) work saved per shared token.
+Filling rows also evens their widths: short requests of varied lengths would otherwise make many small
+batches, and on a CPU each forward costs about as much as a hundred tokens whatever its size. Attention over
+a pack costs O(PACK_NODES) per token, little beside the projections' and MLP's O(d).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import torch
 
 PACK_RATIO = 0.85
 PACK_NODES = 512
-JOIN_SHARE = 0.25
 TREE_ATTENTION = ("sdpa", "eager")  # implementations that take a custom 4-D mask as it is
 
 
@@ -34,8 +34,8 @@ def _shared(a: list[int], b: list[int]) -> int:
 
 def group(seqs: list[list[int]], trees: bool, max_tokens: int | None = None) -> list[list[int]]:
     """Indices of `seqs` in packs: one per sequence without `trees`, else runs of sequences sorted by their
-    tokens (so a pack's trie is built in depth-first order) that share enough of their start, each pack
-    within PACK_NODES and the batch's token budget."""
+    tokens (so a pack's trie is built in depth-first order), each pack's trie within PACK_NODES and the
+    batch's token budget (a longer sequence is a pack of its own)."""
     if not trees:
         return [[i] for i in range(len(seqs))]
     order = sorted(range(len(seqs)), key=lambda i: seqs[i])
@@ -44,7 +44,7 @@ def group(seqs: list[list[int]], trees: bool, max_tokens: int | None = None) -> 
     nodes = 0
     for i in order:
         s = _shared(seqs[packs[-1][-1]], seqs[i]) if packs else 0
-        if packs and s >= JOIN_SHARE * len(seqs[i]) and nodes + len(seqs[i]) - s <= cap:
+        if packs and nodes + len(seqs[i]) - s <= cap:
             packs[-1].append(i)
             nodes += len(seqs[i]) - s
         else:

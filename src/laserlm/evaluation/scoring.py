@@ -53,7 +53,6 @@ class Scorer:
         self.mlm = is_masked_lm(model)
         self.fast = getattr(model.config, "model_type", None) in ARCHITECTURES
         self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-        self.dtype = next(model.parameters()).dtype
         self.trees = (self.fast and not self.mlm
                       and getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION)
 
@@ -73,15 +72,15 @@ class Scorer:
                    for pack in packs]
         return [[packs[k] for k in batch] for batch in batch_packs(lengths, self.max_tokens, self.batch_size)]
 
-    def collate(self, packs: list[list[Request]], trees: bool | None = None) -> Collated:
-        """One batch as model inputs; `trees` (default: whenever a pack holds several requests) lays each pack
-        out as one row."""
-        trees = any(len(p) > 1 for p in packs) if trees is None else trees
+    def collate(self, packs: list[list[Request]]) -> Collated:
+        """One batch as model inputs: one row per pack, laid out as a trie when any pack holds several requests."""
+        trees = any(len(p) > 1 for p in packs)
         return collate([[r.ids for r in pack] for pack in packs], trees, self.pad_id, self.device)
 
     # -- model ----------------------------------------------------------------------------------
     def _inputs(self, batch: Collated) -> dict:
-        return batch.inputs(self.model.config._attn_implementation, self.dtype)
+        # The dtype is read now: an additive mask must match the weights as they are (a model cast after load).
+        return batch.inputs(self.model.config._attn_implementation, next(self.model.parameters()).dtype)
 
     def hidden(self, batch: Collated) -> torch.Tensor:
         # use_cache=False: scoring never decodes, and a KV cache would hold K and V of every layer.
@@ -281,10 +280,11 @@ MASK = "<mask>"
 
 
 def masked_at_request(tokenizer, template: str, cont_ids: list[int], topk: bool, key: tuple,
-                      max_len: int | None = None) -> Request:
+                      max_len: int | None = None, special: bool = True) -> Request:
     """A masked-LM request from a template with one "<mask>" (the authors' RoBERTa prompts): the mask
-    becomes one mask token per continuation token. Past `max_len`, the text before the mask loses its start."""
-    ids = tokenizer(template.replace(MASK, tokenizer.mask_token))["input_ids"]
+    becomes one mask token per continuation token. Past `max_len`, the text before the mask loses its start.
+    `special=False` encodes the template without the tokenizer's special tokens."""
+    ids = tokenizer(template.replace(MASK, tokenizer.mask_token), add_special_tokens=special)["input_ids"]
     at = ids.index(tokenizer.mask_token_id)
     if max_len is not None and len(ids) - 1 + len(cont_ids) > max_len:
         head = _leading(tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True), at)

@@ -16,7 +16,8 @@ class Example:
     """One row. Cloze rows have `answers`; choice rows have `choices` and `label`.
 
     `group` keeps rows that must share a split together (e.g. the statements made from one question).
-    `mlm_prompt`, where a benchmark's protocol has one, is what masked LMs see instead of `prompt`.
+    `mlm_prompt`, where a benchmark's protocol has one, is what masked LMs see instead of `prompt`; `mlm_bare`
+    encodes it without the tokenizer's special tokens.
     """
 
     prompt: str
@@ -25,6 +26,7 @@ class Example:
     label: int | None = None
     paraphrases: list[str] = field(default_factory=list)
     mlm_prompt: str | None = None  # for masked LMs: the prompt with "<mask>" where the answer goes
+    mlm_bare: bool = False  # mlm_prompt is encoded without special tokens (the authors' BigBench/HotPotQA scripts)
     split: str | None = None
     group: str | None = None
     index: int = 0

@@ -69,8 +69,17 @@ def _wikidata(rows, protocol) -> list[Example]:
     for r in rows:
         targets = _targets(r)
         if len(targets) == 1:  # src/dataset_utils/bigbench.py:66-70: rows with exactly one target
-            out.append(Example(r.get("inputs", r.get("input", "")).strip(), answers=targets))
+            out.append(_bare(Example(r.get("inputs", r.get("input", "")).strip(), answers=targets), protocol))
     return out
+
+
+def _bare(ex: Example, protocol: str) -> Example:
+    """The authors' RoBERTa BigBench and HotPotQA scripts score "{prompt} {answer}", encoded without special
+    tokens, with the answer's tokens masked (src/intervention_roberta_hotpot.py:126-172); their accuracy fills
+    five masks after the prompt (gen01 for masked LMs)."""
+    if protocol == "paper":
+        ex.mlm_prompt, ex.mlm_bare = ex.prompt + " <mask>", True
+    return ex
 
 
 _EPISTEMIC_PREFIX = ("Identify the relation between the following premises and hypotheses, choosing from "
@@ -88,7 +97,8 @@ def _epistemic(rows, protocol) -> list[Example]:
         else:
             prompt = f"{_EPISTEMIC_PREFIX}\n{r['input']}\nRelation:"
             target = next(k for k, v in r["target_scores"].items() if v == 1)
-        out.append(Example(prompt, choices=[" " + n for n in _EPISTEMIC], label=_EPISTEMIC.index(target)))
+        out.append(_bare(Example(prompt, choices=[" " + n for n in _EPISTEMIC], label=_EPISTEMIC.index(target)),
+                         protocol))
     return out
 
 
@@ -133,7 +143,7 @@ def _counterfact(rows, protocol) -> list[Example]:
 
 
 def _hotpot(rows, protocol) -> list[Example]:
-    return [Example(hotpot_prompt(r["question"]), answers=[r["answer"].strip()]) for r in rows]
+    return [_bare(Example(hotpot_prompt(r["question"]), answers=[r["answer"].strip()]), protocol) for r in rows]
 
 
 def _consistent(rows) -> list[Example]:
