@@ -47,6 +47,7 @@ def main():
 
     plain_scorer = Scorer(model, loaded.tokenizer)
     plain_scorer.fast = False  # HF forward: logits at every position, no prefix cache
+    plain_scorer.trees = False  # one sequence per row
     plain = Prepared(plain_scorer, rows)
     cache = SVDCache(disk=None)
     t0 = time.perf_counter()
