@@ -1,4 +1,4 @@
-"""Requests sharing a prefix share one row: the trie's layout by hand, the join rule, and every causal
+"""Requests sharing a prefix share one row: the trie's layout by hand, the packing rule, and every causal
 architecture's packed scores against one sequence per request (float32 and bfloat16, sdpa and eager masks),
 with a sliding window and through the search's prefix walk."""
 
