@@ -6,7 +6,6 @@ The text search (`laser search -t TASK`) is the same job with prepared text rows
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -18,7 +17,7 @@ from .core.layout import Layout, get_layout
 from .core.svd import SVDCache, default_cache
 from .errors import UserError
 from .models.python import module_fingerprint
-from .search.job import SearchJob, device_type, objective_splits, run_job
+from .search.job import SearchJob, device_type, objective_splits, progress_bar, run_job
 from .search.objective import Objective, as_objective
 from .search.sweep import PAPER_RHOS
 
@@ -90,11 +89,6 @@ def search(
         numerics={"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "svd": cache.mode,
                   "device": device_type(model)},
         lower=not objective.higher_is_better, prescreen=prescreen, budget=budget)
-    def bar(total):
-        from tqdm import tqdm
-
-        return tqdm(total=total, unit="cand", desc="search", dynamic_ncols=True, file=sys.stderr)
-
-    result = run_job(job, bar=bar if progress else None, log=log)
+    result = run_job(job, bar=progress_bar() if progress else None, log=log)
     write_report(job.run_dir)
     return result

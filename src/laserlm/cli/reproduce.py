@@ -26,15 +26,14 @@ def _data_file(data_dir: str | None, name: str) -> str | None:
 
 
 def run_reproduce(args) -> int:
-    from tqdm import tqdm
-
     from ..analysis.report import write_report
     from ..analysis.table1 import write_table1
     from ..core.edits import parse_layers
     from ..core.layout import get_layout
     from ..evaluation.protocols import REPRODUCE_RHOS
     from ..evaluation.tasks import BUILTINS, load_task
-    from ..search.job import SearchJob, device_type, run_job, summary_lines, text_numerics, text_splits
+    from ..search.job import (SearchJob, device_type, progress_bar, run_job, summary_lines, text_numerics,
+                              text_splits)
     from ..search.sweep import PAPER_RHOS
 
     output_dir(args.output)
@@ -82,8 +81,7 @@ def run_reproduce(args) -> int:
                                                 "test_limit": args.test_limit or args.limit,
                                                 "module_pattern": args.module_pattern, "protocol": "paper"}})
         print(f"== {name}", file=sys.stderr)
-        result = run_job(job, bar=lambda total, n=name: tqdm(total=total, unit="cand", desc=n, dynamic_ncols=True,
-                                                             file=sys.stderr))
+        result = run_job(job, bar=progress_bar(name))
         write_report(job.run_dir)
         results[name] = {**result, "n_val": len(val), "n_test": len(test)}
         print("\n".join(f"{name}: {line}" for line in summary_lines(result)))

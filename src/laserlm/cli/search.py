@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from ..errors import UserError
@@ -79,13 +78,12 @@ def _objective_search(args) -> int:
 
 
 def run_search(args) -> int:
-    from tqdm import tqdm
-
     from ..analysis.report import write_report
     from ..core.edits import parse_layers
     from ..core.layout import get_layout
     from ..evaluation.metrics import PRIMARY, choose_metrics
-    from ..search.job import SearchJob, device_type, run_job, summary_lines, text_numerics, text_splits
+    from ..search.job import (SearchJob, device_type, progress_bar, run_job, summary_lines, text_numerics,
+                              text_splits)
     from ..search.sweep import PAPER_RHOS
 
     if (args.task is None) == (args.objective is None):
@@ -133,8 +131,7 @@ def run_search(args) -> int:
                        "protocol": args.protocol}},
         sweep=_ray_sweep(args, layout) if args.backend == "ray" else None, halving=args.halving,
         prescreen=args.prescreen, budget=args.budget)
-    result = run_job(job, bar=lambda total: tqdm(total=total, unit="cand", desc="search", dynamic_ncols=True,
-                                                 file=sys.stderr))
+    result = run_job(job, bar=progress_bar())
     report = write_report(job.run_dir)
     print("\n".join(summary_lines(result)))
     print(f"report: {report}")

@@ -86,6 +86,15 @@ class SearchJob:
     budget: int | None = None  # ... and evaluate only this many of the best ranked
 
 
+def progress_bar(desc: str = "search") -> Callable:
+    """`bar(total)` for run_job: a tqdm over candidates on stderr."""
+    def bar(total: int):
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="cand", desc=desc, dynamic_ncols=True, file=sys.stderr)
+    return bar
+
+
 def device_type(model) -> str:
     """cpu, cuda, or 'map' for a model spread by a device map."""
     types = {p.device.type for p in model.parameters()} - {"meta"}
