@@ -177,14 +177,19 @@ class Prepared:
         self.needs = {m.needs for m in self.metrics}
         self.requests, self.encodings = build_requests(scorer, examples, "paraphrases" in self.needs)
         self.batches = scorer.batches(self.requests)
+        self._collated: list | None = None
 
     def collated(self) -> list:
-        """Every batch as model inputs, in order (the search's prefix walk runs them block by block)."""
-        return [self.scorer.collate([[self.requests[i] for i in pack] for pack in batch]) for batch in self.batches]
+        """Every batch as model inputs, in order, laid out once: a search scores the same rows for every
+        candidate, and its prefix walk runs them block by block."""
+        if self._collated is None:
+            self._collated = [self.scorer.collate([[self.requests[i] for i in pack] for pack in batch])
+                              for batch in self.batches]
+        return self._collated
 
     def score(self, context=None, progress=None) -> Evaluation:
         """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay)."""
-        results = self.scorer.run(self.requests, progress, self.batches, context)
+        results = self.scorer.run(self.requests, progress, self.batches, context, self.collated())
         records = records_from(self.examples, self.requests, results, self.encodings)
         if "generate" in self.needs:
             generate_records(self.scorer, self.examples, records, self.gen_tokens)

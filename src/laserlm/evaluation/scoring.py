@@ -104,8 +104,9 @@ class Scorer:
     # -- scoring --------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, requests: list[Request], progress=None, batches: list[list[list[int]]] | None = None,
-            context=None) -> list[Result]:
-        """Score every request. `batches` fixes the packing; `context(b)` wraps batch b's forward.
+            context=None, collated: list[Collated] | None = None) -> list[Result]:
+        """Score every request. `batches` fixes the packing, `collated` gives those batches already laid out as
+        model inputs; `context(b)` wraps batch b's forward.
 
         The hidden states at scored positions of all batches are gathered first and go through the
         head together: at a few dozen rows per batch the head is bound by streaming its vocab x d
@@ -123,7 +124,8 @@ class Scorer:
         for b, batch in enumerate(batches if batches is not None else self.batches(requests)):
             flat = [i for pack in batch for i in pack]
             reqs = [requests[i] for i in flat]
-            inputs = self.collate([[requests[i] for i in pack] for pack in batch])
+            inputs = collated[b] if collated is not None else self.collate([[requests[i] for i in pack]
+                                                                             for pack in batch])
             # Each distinct (row, column) is scored once: a cloze row's top-k position is also where its first
             # answer token is scored, and the choices packed after one prompt are all scored at its end.
             where: dict[tuple[int, int], int] = {}
