@@ -84,6 +84,9 @@ def main():
     print(f"  one sequence per request : {t_plain:7.1f} s  {rows_u:5d} rows {tok_u:7d} tokens  {fmt(ev_plain.metrics)}")
     diff = max(abs(a - b) for a, b in zip(scores(ev_packed), scores(ev_plain)))
     print(f"  packed vs unpacked       : {t_plain / t_packed:7.2f}x faster; largest score difference {diff:.2e}")
+    device = next(loaded.model.parameters()).device.type
+    print(f"SUMMARY eval_speed ({args.task}, {len(examples)} rows, {device}): packed {t_packed:.2f} s, unpacked "
+          f"{t_plain:.2f} s, {t_plain / t_packed:.2f}x, largest score difference {diff:.1e}")
     if not args.no_loop:
         t0 = time.perf_counter()
         loop = one_by_one(loaded.model, loaded.tokenizer, examples)

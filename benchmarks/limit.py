@@ -30,9 +30,9 @@ from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.metrics import choose_metrics
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import load_task
-from laserlm.search.prefix import PrefixCache
-from laserlm.search.store import ResultStore
-from laserlm.search.sweep import PAPER_RHOS, Sweeper, grid
+from laserlm.sweep.prefix import PrefixCache
+from laserlm.sweep.store import ResultStore
+from laserlm.sweep.sweeper import PAPER_RHOS, Sweeper, grid
 
 
 def _sync(device) -> None:

@@ -15,7 +15,6 @@ import argparse
 import time
 
 import torch
-import transformers as tf
 
 from laserlm import get_layout
 from laserlm.core.edits import parse_layers
@@ -23,32 +22,9 @@ from laserlm.core.svd import SVDCache
 from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import load_task
-from laserlm.search.store import ResultStore
-from laserlm.search.sweep import PAPER_RHOS, Sweeper, grid
-
-
-def train_tokenizer(texts: list[str], vocab: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer)
-    return tf.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                      pad_token="</s>")
-
-
-def build_model(args, dtype: torch.dtype) -> torch.nn.Module:
-    shape = (dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=4)
-             if args.small else dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                     num_attention_heads=32))
-    config = tf.LlamaConfig(**shape, vocab_size=32000, max_position_embeddings=4096)
-    torch.manual_seed(0)
-    with torch.device(args.device):  # transformers' own init (normal, std 0.02), straight on the device
-        model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    return model.eval()
+from laserlm.sweep.store import ResultStore
+from laserlm.sweep.sweeper import PAPER_RHOS, Sweeper, grid
+from random_model import build_model, train_tokenizer
 
 
 def main():
@@ -66,7 +42,7 @@ def main():
     tok = train_tokenizer([r.prompt + " " + r.answers[0] for r in load_task("bb_wikidata").select("all", 0, None)],
                           32000)
     print(f"tokenizer: {len(tok)} tokens, trained in {time.perf_counter() - t0:.1f} s")
-    model = build_model(args, dtype)
+    model = build_model("small" if args.small else "llama2-7b", dtype, args.device)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     layout = get_layout(model)
     layers = list(parse_layers(args.layers or ("4-7" if args.small else "24-31"), "--layers"))
@@ -99,9 +75,12 @@ def main():
     print(f"rows: {len(rows)} val rows, {tokens} tokens; candidates: {len(cands)} (layers {layers[0]}-{layers[-1]})")
     print(f"SVD: {svd_secs:.1f} s for {2 * len(layers)} matrices")
     print(f"sweep: {secs:.1f} s, {secs / len(cands):.3f} s per candidate")
+    summary = f"SUMMARY scale: {secs / len(cands):.3f} s/candidate, SVD {svd_secs:.1f} s for {2 * len(layers)} matrices"
     if cuda:
         peak = torch.cuda.max_memory_allocated()
         print(f"peak GPU memory: {peak / 1e9:.2f} GB = weights + {(peak - weights) / 1e9:.2f} GB")
+        summary += f", peak {peak / 1e9:.2f} GB = weights {weights / 1e9:.2f} + {(peak - weights) / 1e9:.2f} GB"
+    print(summary)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ from laserlm import get_layout, load_model
 from laserlm.core.edits import parse_layers, edited
 from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.scoring import Scorer
-from laserlm.search.sweep import Sweeper, grid
-from laserlm.search.store import ResultStore
+from laserlm.sweep.sweeper import Sweeper, grid
+from laserlm.sweep.store import ResultStore
 from laserlm.core.svd import SVDCache
 from laserlm.evaluation.tasks import load_task
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from transformers.utils.logging import disable_progress_bar
 
 import laserlm
-from laserlm.search.sweep import PAPER_RHOS
+from laserlm import PAPER_RHOS
 
 SEED = 0
 
@@ -172,6 +172,7 @@ def train(out: Path, data: dict, patch: int, epochs: int, augment_on: bool, quic
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(SEED * 1000 + epoch)  # the same batches whether resumed or not
+        torch.manual_seed(SEED * 1000 + epoch)  # and the same dropout masks
         model.train()
         order = torch.randperm(len(y), generator=g)
         for i in range(0, len(y), 64):

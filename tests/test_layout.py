@@ -14,7 +14,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "laserlm"
 
 # Each stage may import the stages of a lower rank, never its own rank's other packages or a higher one.
-RANK = {"errors": 0, "_version": 0, "core": 1, "models": 2, "evaluation": 2, "search": 3, "analysis": 4,
+RANK = {"errors": 0, "_version": 0, "core": 1, "models": 2, "evaluation": 2, "sweep": 3, "analysis": 4,
         "api": 4.5, "cli": 5, "__init__": 6, "__main__": 7}
 
 
@@ -107,7 +107,7 @@ def test_imports_point_down_the_stack():
 
 def test_subcommands_import_no_sibling():
     graph = import_graph()
-    shared = {"laserlm.cli", "laserlm.cli.options", "laserlm.cli.main"}
+    shared = {"laserlm.cli", "laserlm.cli.options", "laserlm.cli.jobs", "laserlm.cli.main"}
     for mod, targets in graph.items():
         if stage(mod) == "cli" and mod not in shared:
             siblings = {t for t in targets if stage(t) == "cli" and t not in shared}
@@ -123,22 +123,22 @@ def test_no_source_file_over_400_lines():
 @pytest.fixture
 def bad_tree(tmp_path):
     pkg = tmp_path / "laserlm"
-    for sub in ("core", "search"):
+    for sub in ("core", "sweep"):
         (pkg / sub).mkdir(parents=True)
         (pkg / sub / "__init__.py").write_text("")
     (pkg / "__init__.py").write_text("")
-    (pkg / "core" / "a.py").write_text("def f():\n    from ..search.b import g\n")  # hidden in a function
-    (pkg / "search" / "b.py").write_text("from ..core import a\nimport laserlm.search.c\n")
-    (pkg / "search" / "c.py").write_text("from . import b, d\n")
-    (pkg / "search" / "d.py").write_text("")
+    (pkg / "core" / "a.py").write_text("def f():\n    from ..sweep.b import g\n")  # hidden in a function
+    (pkg / "sweep" / "b.py").write_text("from ..core import a\nimport laserlm.sweep.c\n")
+    (pkg / "sweep" / "c.py").write_text("from . import b, d\n")
+    (pkg / "sweep" / "d.py").write_text("")
     return pkg
 
 
 def test_checker_finds_a_cycle_and_an_upward_import(bad_tree):
     graph = import_graph(bad_tree)
-    assert graph["laserlm.core.a"] == {"laserlm.search.b"}
-    assert graph["laserlm.search.b"] == {"laserlm.core.a", "laserlm.search.c"}
-    assert graph["laserlm.search.c"] == {"laserlm.search.b", "laserlm.search.d"}
+    assert graph["laserlm.core.a"] == {"laserlm.sweep.b"}
+    assert graph["laserlm.sweep.b"] == {"laserlm.core.a", "laserlm.sweep.c"}
+    assert graph["laserlm.sweep.c"] == {"laserlm.sweep.b", "laserlm.sweep.d"}
     cycle = find_cycle(graph)
     assert cycle and cycle[0] == cycle[-1] and len(cycle) == 3
-    assert upward_imports(graph) == ["laserlm.core.a -> laserlm.search.b"]
+    assert upward_imports(graph) == ["laserlm.core.a -> laserlm.sweep.b"]

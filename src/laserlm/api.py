@@ -17,9 +17,9 @@ from .core.layout import Layout, get_layout
 from .core.svd import SVDCache, default_cache
 from .errors import UserError
 from .models.python import module_fingerprint
-from .search.job import SearchJob, device_type, objective_splits, progress_bar, run_job
-from .search.objective import Objective, as_objective
-from .search.sweep import PAPER_RHOS
+from .sweep.job import SearchJob, device_type, objective_splits, progress_bar, run_job
+from .sweep.objective import Objective, as_objective
+from .sweep.sweeper import PAPER_RHOS
 
 
 def _types(layout: Layout, types) -> list[str]:
@@ -86,7 +86,7 @@ def search(
         run_dir=Path(run_dir), types=types, layers=layers, amounts=parse_amounts(rhos, methods, f"rhos={rhos}"),
         methods=methods,
         cache=cache, compose=compose, identity=identity,
-        numerics={"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "svd": cache.mode,
+        numerics={"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "svd": cache.label,
                   "device": device_type(model)},
         lower=not objective.higher_is_better, prescreen=prescreen, budget=budget)
     result = run_job(job, bar=progress_bar() if progress else None, log=log)

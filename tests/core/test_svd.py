@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from laserlm import edited
@@ -56,8 +57,13 @@ def test_corrupt_disk_entry_is_recomputed(tmp_path):
     for f in tmp_path.rglob("*.safetensors"):
         f.write_bytes(b"garbage")
     cache = SVDCache(disk=tmp_path)
-    cache.get(w)
-    assert cache.computed == 1
+    svd = cache.get(w)
+    assert cache.computed == 1 and cache.disk_hits == 0
+    torch.testing.assert_close(svd.U @ torch.diag(svd.S) @ svd.Vh, w, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(svd.S, torch.linalg.svdvals(w), atol=1e-5, rtol=1e-5)
+    again = SVDCache(disk=tmp_path)  # the garbage was replaced by a good entry
+    torch.testing.assert_close(again.get(w).S, svd.S)
+    assert again.disk_hits == 1 and again.computed == 0
 
 
 def test_each_weight_is_hashed_once_per_version():
@@ -77,12 +83,6 @@ def test_each_weight_is_hashed_once_per_version():
     old = w.data
     w.data = torch.randn_like(old)  # rebinding the storage is seen too
     assert cache.key_of(w) == weight_key(w) != weight_key(old)
-
-
-def test_memory_entries_live_on_the_cpu():
-    cache = SVDCache(disk=None)
-    cache.get(torch.randn(10, 6))
-    assert all(t.device.type == "cpu" for svd in cache._memory.values() for t in (svd.U, svd.S, svd.Vh))
 
 
 def test_the_disk_cache_keeps_to_its_bound_dropping_the_least_recently_used(tmp_path):
@@ -117,3 +117,39 @@ def test_randomized_mode_takes_the_exact_spectrum_outside_top_k():
         torch.testing.assert_close(got, want)
     assert len(rnd.get(w).S) == min(w.shape)  # no k: the whole spectrum, exactly
     assert len(rnd.get(w, k=2).S) == 2 + 10  # top-k only: k + oversampling
+
+
+def test_authors_mode_makes_their_svd_lowrank_call_bit_for_bit():
+    from laserlm.core.methods import authors_rank
+
+    w = torch.randn(48, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    got = SVDCache(disk=None, mode="authors", seed=7).get(w, k=5)
+    assert torch.equal(torch.rand(3), before)  # the global generator is left where it was
+    torch.manual_seed(7)
+    U, S, V = torch.svd_lowrank(w.float(), q=5, niter=2)  # the authors' call (src/laser/matrix_utils.py:39-50)
+    assert torch.equal(got.U, U) and torch.equal(got.S, S) and torch.equal(got.Vh, V.mT)
+    other = SVDCache(disk=None, mode="authors", seed=8).get(w, k=5)
+    assert not torch.equal(other.U, got.U)
+    model = build_tiny("llama")
+    weight = model.model.layers[1].mlp.gate_proj.weight  # 64 x 32: their rule keeps int(32 * 0.1) = 3
+    k = authors_rank(0.1, (64, 32))
+    torch.manual_seed(0)
+    U, S, V = torch.svd_lowrank(weight.detach().float(), q=k, niter=2)
+    with edited(model, ["mlp_in:1:0.1"], svd_cache=SVDCache(disk=None, mode="authors", seed=0)) as steps:
+        assert steps[0].k == k == 3
+        torch.testing.assert_close(weight, U @ torch.diag(S) @ V.T, atol=1e-6, rtol=1e-5)
+
+
+def test_the_authors_rank_rule_is_one_less_where_rho_times_min_is_whole():
+    from laserlm import UserError
+    from laserlm.core.methods import authors_rank, rank_for
+
+    assert authors_rank(0.01, (1000, 4000)) == 9 and rank_for(0.01, (1000, 4000)) == 10  # 9.99999... -> 9
+    assert authors_rank(0.01, (4096, 11008)) == rank_for(0.01, (4096, 11008)) == 40
+    assert authors_rank(0.005, (4096, 11008)) == 20 and authors_rank(0.9, (10, 10)) == 9
+    assert authors_rank(0.6, (10, 10)) == 6 and authors_rank("k=7", (64, 32)) == 7
+    with pytest.raises(UserError, match="keeps 0 components"):
+        authors_rank(0.01, (100, 100))  # int(0.99999...) = 0: their code would fail

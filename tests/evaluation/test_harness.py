@@ -20,7 +20,7 @@ from laserlm import edited, load_model  # noqa: E402
 from laserlm.cli.main import main  # noqa: E402
 from laserlm.evaluation.harness import flat_metrics, run_harness  # noqa: E402
 
-from conftest import WORDS  # noqa: E402
+from conftest import WORDS, needs_demo  # noqa: E402
 
 MC_YAML = """task: laser_mc
 dataset_path: json
@@ -152,6 +152,7 @@ def test_without_lm_eval_the_install_is_named(tiny_with_tokenizer, monkeypatch, 
     assert "pip install 'laserlm[lmeval]'" in err and err.count("\n") == 1
 
 
+@needs_demo
 def test_lm_eval_and_laser_eval_agree_on_the_demo_model(tmp_path):
     from laserlm.evaluation.evaluate import evaluate
     from laserlm.evaluation.metrics import METRICS

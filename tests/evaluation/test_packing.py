@@ -4,8 +4,6 @@ with a sliding window and through the search's prefix walk."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
@@ -17,24 +15,12 @@ from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.packing import collate, group, trie
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import Example
-from laserlm.search.store import ResultStore
-from laserlm.search.sweep import Sweeper, grid
+from laserlm.sweep.store import ResultStore
+from laserlm.sweep.sweeper import Sweeper, grid
 
-from conftest import ARCHS, MLM, WORDS, build_tiny, tiny_tokenizer
+from conftest import ARCHS, MLM, build_tiny, choice_rows, packed_prepared as _prepared, tiny_tokenizer
 
 CAUSAL = [a for a in ARCHS if a not in MLM]
-
-
-def choice_rows(n: int, seed: int = 0, instruction: str = "what is it") -> list[Example]:
-    """Choice rows with a shared instruction, prompts of 2-9 words, 2-4 choices of 1-3 words."""
-    rng = random.Random(seed)
-    words = WORDS[:40]
-    rows = []
-    for _ in range(n):
-        prompt = instruction + " " + " ".join(rng.choice(words) for _ in range(rng.randint(2, 9)))
-        choices = [" " + " ".join(rng.choice(words) for _ in range(rng.randint(1, 3))) for _ in range(rng.randint(2, 4))]
-        rows.append(Example(prompt, choices=list(dict.fromkeys(choices)), label=0))
-    return rows
 
 
 def test_the_trie_of_sorted_sequences_by_hand():
@@ -75,12 +61,6 @@ def test_sorted_requests_fill_packs_up_to_the_cap(monkeypatch):
     assert group(seqs, True) == [[0, 1, 4], [2, 3]]
     assert group(seqs, True, max_tokens=5) == [[0, 1], [4], [2], [3]]  # the batch budget caps a pack too
     assert group([[1] * 9, [1] * 9 + [2]], True, max_tokens=5) == [[0], [1]]  # too long: a pack of its own
-
-
-def _prepared(model, tok, rows, trees: bool, **kw) -> Prepared:
-    scorer = Scorer(model, tok, **kw)
-    scorer.trees = scorer.trees and trees
-    return Prepared(scorer, rows)
 
 
 def _scores(ev):

@@ -71,7 +71,11 @@ def test_a_continuation_longer_than_the_context_keeps_valid_positions():
     assert [p for p, _ in req.targets] == list(range(63)) and min(p for p, _ in req.targets) >= 0
     model = build_tiny("llama")  # max_position_embeddings 64
     res = Scorer(model, None).run([req])[0]
-    assert len(res.logprobs) == 63 and all(lp <= 0 for lp in res.logprobs)
+    with torch.no_grad():  # by hand: the kept 63 inputs, each next token scored over the whole vocabulary
+        logp = model(torch.tensor([req.ids])).logits[0].log_softmax(-1)
+    want = [logp[p, t].item() for p, t in req.targets]
+    assert [t for _, t in req.targets] == list(range(10, 73))
+    assert res.logprobs == pytest.approx(want, abs=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["roberta", "bert"])

@@ -8,6 +8,8 @@ import torch
 from laserlm import UserError, get_layout, load_model
 from laserlm.models.loading import demo_path
 
+from conftest import needs_demo
+
 
 @pytest.mark.parametrize("arch", ["llama", "roberta", "vit"])
 def test_folder_loads_with_the_right_head(tiny_folder, arch):
@@ -26,11 +28,12 @@ def test_dtype_is_kept(tiny_folder, arch):
         load_model(str(tiny_folder), dtype="float8")
 
 
+@needs_demo
 def test_demo_gguf_loads_through_the_conversion_cache():
     """The demo is a real Q4_1 GGUF file; our cached HF folder must match transformers' own GGUF load."""
     from transformers import AutoModelForCausalLM
 
-    loaded = load_model("demo")
+    loaded = load_model("demo", device="cpu")
     layout = get_layout(loaded.model)
     assert layout.n_layers == 30 and layout.source == "table"
     assert layout.target("mlp_in", 29).shape == (1536, 576)
@@ -41,7 +44,7 @@ def test_demo_gguf_loads_through_the_conversion_cache():
         ours, theirs = loaded.model(**ids).logits, direct(**ids).logits
     assert torch.equal(ours, theirs)
     assert loaded.tokenizer.decode(ours[0, -1].argmax()) == " Paris"
-    again = load_model("demo")
+    again = load_model("demo", device="cpu")
     assert again.identity == loaded.identity and again.identity["kind"] == "demo"
 
 

@@ -99,3 +99,50 @@ def curve_landmarks(rows: list[dict], metric: str) -> dict:
     best = max(rows, key=lambda r: (r[metric], -r.get("logloss", 0)))
     return {"base": base, "first_improves_at_removed": first_up, "best_removed": best["removed"],
             "best": best[metric], "first_degrades_at_removed": first_down}
+
+
+def seed_spread(model, layout, prepared: Prepared, edits: list[Edit], seeds) -> dict:
+    """The base model, the edits with the exact SVD, and the edits as the authors' code makes them (svd_lowrank,
+    q=k, niter=2, their rank rule) under each seed: how far their randomized SVD alone moves each metric."""
+    from ..core.svd import SVDCache
+
+    base = prepared.score().metrics
+    with edited(model, edits, layout=layout, svd_cache=SVDCache(disk=None)):
+        exact = prepared.score().metrics
+    rows = []
+    for seed in seeds:
+        with edited(model, edits, layout=layout, svd_cache=SVDCache(disk=None, mode="authors", seed=seed)):
+            rows.append({"seed": seed, "metrics": prepared.score().metrics})
+    spread = {}
+    for name in exact:
+        values = [r["metrics"][name] for r in rows]
+        mean = sum(values) / len(values)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        spread[name] = {"mean": mean, "sd": sd, "min": min(values), "max": max(values)}
+    return {"base": base, "exact": exact, "seeds": rows, "spread": spread}
+
+
+SIMILARITY_RHOS = (0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.01)
+
+
+def answer_similarity(model, layout, prepared: Prepared, edit: Edit, rows: list[int], cache, rhos=SIMILARITY_RHOS):
+    """The paper's Figure 4(b): on `rows` (those the edit corrects), the cosine between the true answer's first token
+    and the token predicted with only the top-k components kept, and with only the removed ones, for each fraction
+    rho kept. Similarity is the cosine of the two tokens' input embeddings (the model's own: no download)."""
+    emb = model.get_input_embeddings().weight.detach().float()
+    shape = layout.target(edit.type, edit.layer).shape
+    sub = Prepared(prepared.scorer, [prepared.examples[i] for i in rows], prepared.metrics)
+    gold = [rec["continuations"][0]["ids"][0] for rec in sub.score().records]
+
+    def mean_cosine(edits):
+        preds = [r["pred_token"] for r in records_with(model, layout, sub, edits, cache)]
+        cos = torch.nn.functional.cosine_similarity(emb[preds], emb[gold], dim=-1)
+        return cos.mean().item(), sum(p == g for p, g in zip(preds, gold)) / len(gold)
+
+    out = []
+    for rho in rhos:
+        top = Edit("svd", edit.type, edit.layer, rho)
+        top_cos, top_hit = mean_cosine([top])
+        bottom_cos, bottom_hit = mean_cosine([complement(top, shape)])
+        out.append({"rho": rho, "top": top_cos, "bottom": bottom_cos, "top_top1": top_hit, "bottom_top1": bottom_hit})
+    return out

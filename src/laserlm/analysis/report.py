@@ -7,9 +7,9 @@ from pathlib import Path
 
 from ..core.edits import Edit
 from ..evaluation.metrics import lower_is_better, rank_key
-from ..search.halving import HALVING_STORE
-from ..search.prescreen import PRESCREEN_FILE
-from ..search.store import MANIFEST, ResultStore
+from ..sweep.halving import HALVING_STORE
+from ..sweep.prescreen import PRESCREEN_FILE
+from ..sweep.store import MANIFEST, ResultStore
 
 
 def _fmt(v) -> str:
@@ -84,13 +84,18 @@ def write_report(run_dir: str | Path) -> Path:
                  f"{manifest.get('split_seed', '?')}." if (manifest.get("val_rows") or {}).get("n") is not None
                  else "Val and test as the objective defines them."), ""]
     if best:
-        lines += ["| | edits | val | test |", "|---|---|---|---|"]
+        lines += ["| | edits | val | test | test - base [95% CI] | McNemar p |", "|---|---|---|---|---|---|"]
         for name in ("base", "best", "mp", "composed"):
             if name in best:
                 b = best[name]
                 edits = ", ".join(f"`{Edit.from_json(e)}`" for e in b.get("edits", [])) or "(none)"
-                lines.append(f"| {name} | {edits} | {_fmt(b['val'])} | {_fmt(b['test'])} |")
-        lines.append("")
+                ci = (f"{b['test_diff']:+.4f} [{b['test_ci'][0]:+.4f}, {b['test_ci'][1]:+.4f}]" if "test_ci" in b
+                      else "-")
+                p = f"{b['test_p_mcnemar']:.3g}" if "test_p_mcnemar" in b else "-"
+                lines.append(f"| {name} | {edits} | {_fmt(b['val'])} | {_fmt(b['test'])} | {ci} | {p} |")
+        lines += ["", "The interval is a paired bootstrap over test rows (10,000 resamples, seed 0); McNemar's exact "
+                  "test counts the rows only one of the two models gets right (0-1 metrics). The selection of the best "
+                  "of many candidates on val does not bias them: test rows took no part in it.", ""]
     lines += ["## Top 10 candidates (val)", "", f"| edit | {' | '.join(cols)} | n |", "|---" * (len(cols) + 2) + "|"]
     for r in singles[:10] + ([base] if base else []):
         label = f"`{Edit.from_json(r['edits'][0])}`" if r["edits"] else "base"
@@ -177,7 +182,15 @@ def _analysis_sections(run_dir: Path) -> list[str]:
         elif name == "components":
             lines += ["| prompt | answer | top | bottom |", "|---|---|---|---|"]
             lines += [f"| {r['prompt'][:60]} | {r['answer']} | {r['top']!r} | {r['bottom']!r} |" for r in t["corrected"][:20]]
-        for png in ("flips", "perplexity", "effective_rank", "components"):
+            if t.get("similarity"):
+                lines += ["", "| rho kept | cosine: top only | cosine: removed only |", "|---|---|---|"]
+                lines += [f"| {r['rho']:g} | {r['top']:.3f} | {r['bottom']:.3f} |" for r in t["similarity"]]
+        elif name == "seeds":
+            s = t["spread"][t["metric"]]
+            lines.append(f"{t['split']} (n={t['n']}), {t['metric']}: exact SVD {t['exact'][t['metric']]:.4f}; the "
+                         f"authors' svd_lowrank over {len(t['seeds'])} seeds: mean {s['mean']:.4f}, sd {s['sd']:.4f}, "
+                         f"range [{s['min']:.4f}, {s['max']:.4f}]; base {t['base'][t['metric']]:.4f}.")
+        for png in ("flips", "perplexity", "effective_rank", "components", "components_similarity", "seeds"):
             if name in png and (run_dir / f"{png}.png").exists():
                 lines.append(f"![{png}]({png}.png)")
     return lines

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..analysis import plots
 from ..errors import UserError
 from .options import (Parser, add_batch_args, add_edit_args, add_model_args, add_svd_args, add_task_args, formatter,
                       load_from_args, output_dir, output_file, positive_int, read_text, scorer_for, svd_cache_from_args,
@@ -25,26 +26,6 @@ def _write(args, table, plot_fn=None) -> None:
         plot_fn(out)
 
 
-def _bars(out: Path, name: str, labels: list[str], values: list[float], ylabel: str, title: str) -> None:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    ax.bar(labels, values, color="tab:blue")
-    for i, v in enumerate(values):
-        ax.annotate(f"{v:g}", (i, v), ha="center", va="bottom", fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / f"{name}.png", dpi=110)
-    plt.close(fig)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def run_spectrum(args) -> int:
@@ -61,7 +42,7 @@ def run_spectrum(args) -> int:
     table = [{k: r[k] for k in ("type", "layer", "shape", "effective_rank")} for r in rows]
 
     def plot(out):
-        plt = _plt()
+        plt = plots.pyplot()
         fig, ax = plt.subplots(figsize=(6, 3.8))
         for t in types:
             pts = [(r["layer"], r["effective_rank"] / r["max_rank"]) for r in rows if r["type"] == t]
@@ -101,7 +82,7 @@ def run_perplexity(args) -> int:
     table = {"text": args.text or DEFAULT_TEXT, "tokens": before["tokens"], "edits": [s.edit.to_json() for s in steps],
              "before": before["perplexity"], "after": after["perplexity"],
              "change": after["perplexity"] / before["perplexity"] - 1}
-    _write(args, table, lambda out: _bars(out, "perplexity", ["before", "after"], [round(before["perplexity"], 3),
+    _write(args, table, lambda out: plots.bars(out, "perplexity", ["before", "after"], [round(before["perplexity"], 3),
                                           round(after["perplexity"], 3)], "perplexity", f"edits: {args.edit}"))
     print(f"perplexity {table['before']:.3f} -> {table['after']:.3f} ({100 * table['change']:+.2f}%) "
           f"over {table['tokens']} tokens")
@@ -113,7 +94,7 @@ def _edit_examples(args):
 
 
 def run_components(args) -> int:
-    from ..analysis.analyses import complement, flips, records_with
+    from ..analysis.analyses import answer_similarity, complement, flips, generic_share, records_with
     from ..core.layout import get_layout
     from ..core.edits import plan
     from ..evaluation.evaluate import Prepared
@@ -134,31 +115,39 @@ def run_components(args) -> int:
     bottom_edit = complement(step.edit, step.target.shape)
     bottom = records_with(loaded.model, layout, prepared, [bottom_edit], cache)
     tok = loaded.tokenizer
+    corrected = flips(base, top).corrected
     table = [{"prompt": examples[i].prompt, "answer": examples[i].answers[0],
               "base": tok.decode([base[i]["pred_token"]]), "top": tok.decode([top[i]["pred_token"]]),
-              "bottom": tok.decode([bottom[i]["pred_token"]])}
-             for i in flips(base, top).corrected]
-    from ..analysis.analyses import generic_share
-
+              "bottom": tok.decode([bottom[i]["pred_token"]])} for i in corrected]
+    similarity = (answer_similarity(loaded.model, layout, prepared, step.edit, corrected, cache)
+                  if corrected else [])
     shares = [generic_share([r[k] for r in table]) if table else 0.0 for k in ("base", "top", "bottom")]
-    _write(args, {"edit": step.edit.to_json(), "bottom_edit": bottom_edit.to_json(), "corrected": table},
-           lambda out: _bars(out, "components", ["base", f"top {step.k}", f"bottom {bottom_edit.amount[2:]}"],
-                             [round(x, 3) for x in shares], "share of generic-word predictions",
-                             f"{len(table)} rows corrected by {step.edit}"))
+
+    def draw(out):
+        plots.bars(out, "components", ["base", f"top {step.k}", f"bottom {bottom_edit.amount[2:]}"],
+              [round(x, 3) for x in shares], "share of generic-word predictions",
+              f"{len(table)} rows corrected by {step.edit}")
+        if similarity:
+            plots.similarity(out, similarity, step.edit, len(table))
+
+    _write(args, {"edit": step.edit.to_json(), "bottom_edit": bottom_edit.to_json(), "corrected": table,
+                  "similarity": similarity}, draw)
     print(f"{len(table)} examples corrected by {step.edit}; predictions with only the top {step.k} "
           f"components vs only the bottom {bottom_edit.amount[2:]}:")
     for r in table[: args.show]:
         print(f"  {r['prompt'][:60]!r:64s} answer {r['answer']!r:14s} top {r['top']!r:12s} bottom {r['bottom']!r}")
+    for r in similarity:
+        print(f"  rho {r['rho']:<5g} cosine to the answer: top {r['top']:.3f}, bottom {r['bottom']:.3f}")
     return 0
 
 
-def run_flips(args) -> int:
-    from ..analysis.analyses import flips, generic_share, records_with
-    from ..core.layout import get_layout
+
+def _run_folder(args):
+    """A finished search's model, rows of --split, layout and best edit, as the run recorded them."""
     from ..core.edits import Edit
-    from ..evaluation.evaluate import Prepared
-    from ..models.loading import load_model
+    from ..core.layout import get_layout
     from ..evaluation.tasks import load_task
+    from ..models.loading import load_model
 
     run_dir = Path(args.run_dir)
     args.output = args.output or str(run_dir)
@@ -174,7 +163,14 @@ def run_flips(args) -> int:
     task.drop_long_answers(loaded.tokenizer)
     examples = task.select(args.split, manifest["split_seed"], limit)
     layout = get_layout(loaded.model, run_args.get("module_pattern"))
-    edit = [Edit.from_json(e) for e in best["best"]["edits"]]
+    return loaded, task, examples, layout, [Edit.from_json(e) for e in best["best"]["edits"]], best
+
+
+def run_flips(args) -> int:
+    from ..analysis.analyses import flips, generic_share, records_with
+    from ..evaluation.evaluate import Prepared
+
+    loaded, _, examples, layout, edit, best = _run_folder(args)
     prepared = Prepared(scorer_for(loaded, args), examples)
     cache = svd_cache_from_args(args)
     base = records_with(loaded.model, layout, prepared, [], cache)
@@ -191,7 +187,7 @@ def run_flips(args) -> int:
                            "edited": label(after[i]), "flip": kind}
                           for kind, idx in (("corrected", f.corrected), ("newly_wrong", f.newly_wrong)) for i in idx]}
     counts = table["counts"]
-    _write(args, table, lambda out: _bars(out, "flips", list(counts), list(counts.values()), "examples",
+    _write(args, table, lambda out: plots.bars(out, "flips", list(counts), list(counts.values()), "examples",
                                           f"{args.split}: base against {edit}"))
     c = table["counts"]
     print(f"{args.split}, n={len(examples)}: both right {c['both_right']}, corrected {c['corrected']}, "
@@ -201,6 +197,28 @@ def run_flips(args) -> int:
     for r in table["examples"][: args.show]:
         print(f"  [{r['flip']}] {r['prompt'][:60]!r} answer {r['answer']!r}: base {r['base']!r} -> {r['edited']!r}")
     return 0
+
+
+def run_seeds(args) -> int:
+    from ..analysis.analyses import seed_spread
+    from ..evaluation.evaluate import Prepared
+    from ..evaluation.metrics import choose_metrics
+
+    loaded, task, examples, layout, edits, best = _run_folder(args)
+    if not edits:
+        raise UserError(f"{args.run_dir}: the search selected no edit, so there is nothing to re-seed")
+    metric = best["metric"]
+    metrics = choose_metrics(task.kind, list(dict.fromkeys([metric, *best["best"]["val_metrics"]])), True)
+    prepared = Prepared(scorer_for(loaded, args), examples, metrics, task.gen())
+    table = {"edits": [e.to_json() for e in edits], "split": args.split, "n": len(examples), "metric": metric,
+             **seed_spread(loaded.model, layout, prepared, edits, range(args.seeds))}
+    _write(args, table, lambda out: plots.seeds(out, table))
+    s = table["spread"][metric]
+    print(f"{' '.join(map(str, edits))} on {args.split} (n={len(examples)}): {metric} exact {table['exact'][metric]:.4f}; "
+          f"the authors' svd_lowrank over {args.seeds} seeds: mean {s['mean']:.4f}, sd {s['sd']:.4f}, "
+          f"min {s['min']:.4f}, max {s['max']:.4f}; base {table['base'][metric]:.4f}")
+    return 0
+
 
 
 def run_curve(args) -> int:
@@ -219,7 +237,7 @@ def run_curve(args) -> int:
     marks = curve_landmarks(rows, metric)
 
     def plot(out):
-        plt = _plt()
+        plt = plots.pyplot()
         fig, ax = plt.subplots(figsize=(6, 3.8))
         ax.plot([100 * r["removed"] for r in rows], [r[metric] for r in rows], marker="o", ms=3)
         ax.axhline(marks["base"], ls="--", color="black", label="unedited")
@@ -269,6 +287,11 @@ def _reg_flips(q):
     _split_and_show(q, ("val", "test"))
 
 
+def _reg_seeds(q):
+    _reg_flips(q)
+    q.add_argument("--seeds", type=positive_int, default=10, help="seeds of the authors' randomized SVD (default 10)")
+
+
 def _reg_components(q):
     add_model_args(q)
     add_edit_args(q, required=True)
@@ -288,6 +311,8 @@ def _reg_curve(q):
 COMMANDS = {
     "spectrum": (run_spectrum, _reg_spectrum, "Singular values and effective rank (Roy & Vetterli 2007) of each matrix."),
     "flips": (run_flips, _reg_flips, "Per example, base against the best edit of a search: which answers flip."),
+    "seeds": (run_seeds, _reg_seeds, "The best edit of a search under N seeds of the authors' randomized SVD: the "
+                                     "spread that their svd_lowrank alone puts on a paper figure."),
     "components": (run_components, _reg_components,
                    "For rows an svd edit corrects: predictions with only the top-k vs only the removed components."),
     "curve": (run_curve, _reg_curve, "The metric against the fraction of one matrix's rank removed, up to 99.95%."),
@@ -298,6 +323,7 @@ COMMANDS = {
 EXAMPLES = {
     "spectrum": "laser analyze spectrum demo --types mlp_in,mlp_out --json spectrum.json -o runs/wiki",
     "flips": "laser analyze flips runs/wiki --split test",
+    "seeds": "laser analyze seeds runs/wiki --seeds 10 --split val",
     "components": "laser analyze components demo -t bb_wikidata -e mlp_in:28:0.01 --limit 500 -o runs/wiki",
     "curve": "laser analyze curve demo -t bb_wikidata --type mlp_in --layer 28 --limit 300 -o runs/wiki",
     "perplexity": "laser analyze perplexity demo -e mlp_in:28:0.01 -o runs/wiki",

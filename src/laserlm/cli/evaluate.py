@@ -115,7 +115,7 @@ def run_eval(args) -> int:
         result = None
         if task:
             with tqdm(total=None, unit="seq", disable=not sys.stderr.isatty(), leave=False) as bar:
-                result = evaluate(scorer, examples, metrics, gen_tokens=args.gen_tokens or task.gen_tokens,
+                result = evaluate(scorer, examples, metrics, gen_tokens=task.gen(args.gen_tokens),
                                   progress=bar.update)
             out.update(result.metrics)
         if text is not None:

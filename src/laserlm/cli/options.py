@@ -13,7 +13,10 @@ SVD_HELP = (
     "faster on very large matrices, but approximate: the rank-k result's error exceeds the optimal "
     "sigma_(k+1) by a factor that is usually within a few percent and grows when the spectrum decays "
     "slowly (Halko, Martinsson & Tropp 2011); results vary with the random seed. Only svd edits use it: "
-    "bottom, mp and the analyses need the whole spectrum and always take the exact SVD."
+    "bottom, mp and the analyses need the whole spectrum and always take the exact SVD. "
+    "authors: the authors' own call, torch.svd_lowrank(W, q=k, niter=2) in float32, no oversampling, seeded by "
+    "--seed, with their rank rule int(min(m,n) * (10 - rate) * 0.1), one less than ours when rho*min(m,n) is whole: "
+    "to reproduce their edits, seed noise included (laser analyze seeds measures it)"
 )
 
 
@@ -118,7 +121,9 @@ def add_edit_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def add_svd_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--svd", choices=["exact", "randomized"], default="exact", help=SVD_HELP)
+    p.add_argument("--svd", choices=["exact", "randomized", "authors"], default="exact", help=SVD_HELP)
+    p.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="seed of the random SVDs (--svd randomized or authors), reset before each matrix (default 0)")
     p.add_argument("--no-svd-cache", action="store_true", help="do not read or write the on-disk SVD cache")
     p.add_argument("--svd-cache-gb", type=float, metavar="GB",
                    help="bound the on-disk SVD cache, evicting the least recently used entries "
@@ -141,7 +146,7 @@ def svd_cache_from_args(args):
     if args.svd == "exact" and not args.no_svd_cache and gb is None:
         return default_cache()
     cache = SVDCache(disk=None if args.no_svd_cache else "default", mode=args.svd,
-                     disk_max_bytes=None if gb is None else int(gb * (1 << 30)))
+                     disk_max_bytes=None if gb is None else int(gb * (1 << 30)), seed=args.seed)
     set_default_cache(cache)
     return cache
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_model_args, add_svd_args, add_task_args, fit_task, int_at_least, load_from_args,
-                      non_negative_float, output_dir, parse_amounts, positive_int, scorer_for, svd_cache_from_args,
-                      task_from_args, task_identity, task_metrics)
+from .jobs import add_speed_args, check_speed_args, text_job
+from .options import (add_model_args, add_svd_args, add_task_args, fit_task, load_from_args, output_dir, parse_amounts,
+                      positive_int, scorer_for, svd_cache_from_args, task_from_args, task_metrics)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
 laser search demo -t bb_wikidata --layers 15-29 --compose -o runs/wiki-full
@@ -15,45 +15,12 @@ laser search gpt2 -t rows.jsonl --types mlp,attn_o --rhos 0.5,k=8 --methods svd,
 laser search runs/vit-digits-p4/model --objective examples/vit_classifier.py:objective --types mlp -o runs/vit-cli"""
 
 
-def _check_backend(args) -> None:
-    if args.backend == "ray":
-        from ..search.ray_backend import _import_ray
-
-        _import_ray()
-    elif args.ray_address or args.workers or args.gpus_per_worker:
-        raise UserError("--ray-address, --workers and --gpus-per-worker need --backend ray")
-
-
-def _absolute(path: str | None) -> str | None:
-    """Workers may run elsewhere: a path that exists here travels as an absolute path."""
-    return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
-
-
-def _ray_sweep(args, layout):
-    """The Ray backend, as the job's sweep: the driver evaluates the base row, the workers the rest."""
-    from ..search.ray_backend import WorkerSpec, ray_sweep
-
-    def sweep(on_val, pending, on_done):
-        spec = WorkerSpec(model=_absolute(args.model), task=_absolute(args.task),
-                          task_identity=on_val.context["task"], dtype=args.dtype, device=args.device,
-                          revision=args.revision, module_patterns=args.module_pattern, data=_absolute(args.data),
-                          split_seed=args.split_seed, limit=args.limit, batch_size=args.batch_size,
-                          max_tokens=args.max_tokens, svd=args.svd, svd_disk=not args.no_svd_cache,
-                          protocol=args.protocol, lm_eval_include=_absolute(args.lm_eval_include),
-                          metrics=on_val.context["metrics"],
-                          gen_tokens=on_val.context["gen_tokens"])
-        ray_sweep(spec, pending, on_val.store, layout.n_layers, context=on_val.context, workers=args.workers,
-                  gpus_per_worker=args.gpus_per_worker or 0.0, address=args.ray_address, on_done=on_done)
-
-    return sweep
-
-
 def _objective_search(args) -> int:
     """--objective FILE.py:FUNC: the public API's search, on the model MODEL names."""
     from ..api import search
     from ..models.python import load_attr
-    from ..search.job import summary_lines
-    from ..search.sweep import PAPER_RHOS
+    from ..sweep.job import summary_lines
+    from ..sweep.sweeper import PAPER_RHOS
 
     given = [flag for flag, value in (("--limit", args.limit), ("--test-limit", args.test_limit),
                                       ("--data", args.data), ("--lm-eval-include", args.lm_eval_include))
@@ -82,17 +49,12 @@ def run_search(args) -> int:
     from ..core.edits import parse_layers
     from ..core.layout import get_layout
     from ..evaluation.metrics import PRIMARY, choose_metrics
-    from ..search.job import (SearchJob, device_type, progress_bar, run_job, summary_lines, text_numerics,
-                              text_splits)
-    from ..search.sweep import PAPER_RHOS
+    from ..sweep.job import progress_bar, run_job, summary_lines
+    from ..sweep.sweeper import PAPER_RHOS
 
     if (args.task is None) == (args.objective is None):
         raise UserError("laser search needs one of -t TASK or --objective FILE.py:FUNC")
-    _check_backend(args)
-    if args.halving and args.backend == "ray":
-        raise UserError("--halving runs here: drop --backend ray, or --halving")
-    if (args.prescreen is None) != (args.budget is None):
-        raise UserError("--prescreen ranks the candidates and --budget N keeps the best N: give both")
+    check_speed_args(args)
     output_dir(args.output)
     if args.objective:
         return _objective_search(args)
@@ -114,23 +76,11 @@ def run_search(args) -> int:
     layers = list(range(layout.n_layers)) if layers is None else list(layers)
     for layer in layers:
         layout.target(types[0], layer)  # a clear error for a layer out of range
-    # With Ray GPU workers the candidates run on CUDA (unless --device cpu), whatever this driver has.
-    ray_gpus = args.backend == "ray" and args.gpus_per_worker and args.device != "cpu"
-    metrics = task_metrics(task, None, loaded, val + test, also=metric)
-    job = SearchJob(
-        model=loaded.model, layout=layout, splits=text_splits(scorer_for(loaded, args), val, test, metrics,
-                                                              task.gen_tokens),
-        metric=metric, run_dir=Path(args.output), types=types, layers=layers, amounts=amounts,
-        methods=methods, cache=cache, compose=args.compose,
-        identity={"model": loaded.identity, "task": task_identity(args.task, args.data, args.protocol), "split_seed": args.split_seed},
-        numerics={"dtype": args.dtype, "svd": args.svd, "device": "cuda" if ray_gpus else device_type(loaded.model),
-                  **text_numerics(metrics, task.gen_tokens)},
-        info={"protocol": task.protocol,
-              "args": {"model": args.model, "task": args.task, "data": args.data, "limit": args.limit,
-                       "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern,
-                       "protocol": args.protocol}},
-        sweep=_ray_sweep(args, layout) if args.backend == "ray" else None, halving=args.halving,
-        prescreen=args.prescreen, budget=args.budget)
+    job = text_job(args, loaded=loaded, layout=layout, scorer=scorer_for(loaded, args), task=task, task_arg=args.task,
+                   data=args.data, protocol=args.protocol, val=val, test=test,
+                   metrics=task_metrics(task, None, loaded, val + test, also=metric), metric=metric,
+                   run_dir=Path(args.output), types=types, layers=layers, amounts=amounts, methods=methods,
+                   cache=cache, compose=args.compose, split_seed=args.split_seed)
     result = run_job(job, bar=progress_bar())
     report = write_report(job.run_dir)
     print("\n".join(summary_lines(result)))
@@ -165,25 +115,7 @@ def register_search(p):
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
     p.add_argument("--compose", action="store_true",
                    help="greedily stack each layer's best edit, layers ordered by val gain, while val improves")
-    p.add_argument("--halving", nargs="?", const=3, type=int_at_least(2, "ETA"), metavar="ETA",
-                   help="successive halving over val rows: score every candidate on a first slice of val, keep "
-                        "the best 1/ETA (default 3), double the rows, repeat until the survivors have seen all "
-                        "of val (their rows go to results.jsonl, partial scores to halving.jsonl). Several "
-                        "times faster; the risk: a candidate weak on the first slice is never seen on all of val")
-    p.add_argument("--prescreen", choices=["mp", "snr", "grad"],
-                   help="rank the candidates before any evaluation, for --budget: mp (share of the removed energy "
-                        "under the Marchenko-Pastur edge), snr (matrices by signal-to-noise ratio, lowest first), "
-                        "grad (first-order change of the val loss from one backward pass on 32 val rows)")
-    p.add_argument("--budget", type=positive_int, metavar="N",
-                   help="with --prescreen: evaluate only the N best-ranked candidates (prescreen.json keeps the "
-                        "ranking). The risk: the best edit may be among those never evaluated")
-    p.add_argument("--backend", choices=["local", "ray"], default="local",
-                   help="local: this process. ray: candidates grouped by layer on Ray actors (pip install "
-                        "'laserlm[ray]'); the cluster at --ray-address or $RAY_ADDRESS, else a local Ray")
-    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else local)")
-    p.add_argument("--workers", type=positive_int, metavar="N", help="Ray actors (default: one per available CPU)")
-    p.add_argument("--gpus-per-worker", type=non_negative_float, metavar="G",
-                   help="GPUs each Ray actor asks for, fractional allowed (default 0: CPU workers)")
+    add_speed_args(p)
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR",
                    help="run folder: results.jsonl (append-only, fsynced), best.json, report.md, plots")
     p.set_defaults(run=run_search)

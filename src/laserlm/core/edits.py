@@ -150,8 +150,10 @@ class Step:
         return method.fn(weight, arg, svd)
 
 
-def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = None) -> list[Step]:
-    """Check every edit against the model before any weight is touched."""
+def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = None,
+         cache: SVDCache | None = None) -> list[Step]:
+    """Check every edit against the model before any weight is touched. `cache`'s mode decides the rank a top-k
+    edit keeps (the authors' rule under --svd authors)."""
     layout = layout or get_layout(model)
     steps, seen = [], {}
     for edit in resolve_edits(edits, layout):
@@ -164,7 +166,13 @@ def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = No
         if target.name in seen:
             raise UserError(f"edits {seen[target.name]} and {edit} both change {target.name}: keep one")
         seen[target.name] = edit
-        k = rank_for(edit.amount, target.shape) if get_method(edit.method).amount == "rank" else None
+        method = get_method(edit.method)
+        if method.amount != "rank":
+            k = None
+        elif method.top_only and cache is not None:
+            k = cache.rank_for(edit.amount, target.shape)
+        else:
+            k = rank_for(edit.amount, target.shape)
         steps.append(Step(edit, target, k))
     return steps
 
@@ -217,11 +225,12 @@ def edited(
     >>> with edited(model, ["mlp_in:27:0.01", "mlp_out:20-27:k=8"]) as steps:
     ...     logits = model(input_ids).logits
     """
-    steps = plan(model, edits, layout)
+    cache = svd_cache or default_cache()
+    steps = plan(model, edits, layout, cache)
     saved: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     try:
         with torch.no_grad():
-            _swap_in(steps, svd_cache or default_cache(), saved)
+            _swap_in(steps, cache, saved)
         yield steps
     finally:
         for param, data in reversed(saved):
@@ -236,7 +245,8 @@ def apply_edits(
     svd_cache: SVDCache | None = None,
 ) -> list[Step]:
     """Apply edits permanently (e.g. before saving); returns the validated steps."""
-    steps = plan(model, edits, layout)
+    cache = svd_cache or default_cache()
+    steps = plan(model, edits, layout, cache)
     with torch.no_grad():
-        _swap_in(steps, svd_cache or default_cache(), [])
+        _swap_in(steps, cache, [])
     return steps

@@ -69,6 +69,20 @@ def rank_for(amount, shape) -> int:
     return max(1, math.floor(Fraction(repr(float(amount))) * max_rank))
 
 
+def authors_rank(amount, shape) -> int:
+    """The authors' rank rule: `int(min(m, n) * (10 - rate) * 0.1)` in floating point with rate = 10 - 10 rho
+    (src/laser/matrix_utils.py:43), no floor of 1: one less than ours whenever rho * min(m, n) is whole
+    (rho = 0.01 of 1000 keeps 9, not 10). k=K is K."""
+    if isinstance(amount, str):
+        return rank_for(amount, shape)
+    rate = float(f"{10 - 10 * float(amount):.10g}")  # the rate as their scripts write it: 9.9, 9.95, ...
+    k = int(min(shape) * ((10 - rate) * 0.1))
+    if k < 1:
+        raise UserError(f"the authors' rank rule keeps 0 components of a {shape[0]}x{shape[1]} matrix at rho={amount:g} "
+                        "(their code would fail there): use --svd exact or a larger rho")
+    return k
+
+
 def _factors(svd: SVD, idx: slice) -> Reduced:
     # Split sqrt(S) across both factors: balanced magnitudes keep fp16/bf16 factor storage accurate.
     root = svd.S[idx].sqrt()

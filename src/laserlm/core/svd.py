@@ -11,6 +11,7 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from ..errors import UserError
 
 RANDOMIZED_OVERSAMPLE = 10
 RANDOMIZED_NITER = 4
+AUTHORS_NITER = 2  # src/laser/matrix_utils.py:39-50 of pratyushasharma/laser: svd_lowrank(W, q=k, niter=2)
+MODES = ("exact", "randomized", "authors")
 
 
 def cache_root() -> Path:
@@ -95,10 +98,10 @@ class SVDCache:
     """
 
     def __init__(self, disk: Path | str | None = "default", mode: str = "exact", max_bytes: int = 4 << 30,
-                 disk_max_bytes: int | None = None):
-        if mode not in ("exact", "randomized"):
+                 disk_max_bytes: int | None = None, seed: int = 0):
+        if mode not in MODES:
             raise ValueError(f"unknown SVD mode {mode!r}")
-        self.mode = mode
+        self.mode, self.seed = mode, seed
         self.disk = cache_root() / "svd" if disk == "default" else (Path(disk) if disk else None)
         self.max_bytes = max_bytes
         self.disk_max_bytes = disk_max_bytes if disk_max_bytes is not None else _env_disk_bound()
@@ -109,15 +112,27 @@ class SVDCache:
         self.computed = 0  # decompositions actually computed, for tests and benchmarks
         self.disk_hits = 0
 
+    @property
+    def label(self) -> str:
+        """The mode as run folders record it (a result key depends on it): exact, randomized(seed=S), authors(seed=S)."""
+        return self.mode if self.mode == "exact" else f"{self.mode}(seed={self.seed})"
+
+    def rank_for(self, amount, shape) -> int:
+        """The rank a top-k edit keeps: ours (core.methods.rank_for), or under `authors` the authors' rule."""
+        from .methods import rank_for, authors_rank
+
+        return authors_rank(amount, shape) if self.mode == "authors" else rank_for(amount, shape)
+
     def get(self, weight: torch.Tensor, k: int | None = None) -> SVD:
         """The SVD of `weight`, on its device.
 
         With `k=None` the decomposition is always exact and complete (spectra, `bottom`, `mp`). In
-        randomized mode a given `k` asks only for the top k components, computed by `svd_lowrank`.
+        randomized mode a given `k` asks only for the top k components, computed by `svd_lowrank`; in authors
+        mode by the authors' own call, `svd_lowrank(W, q=k, niter=2)` in float32, seeded with `seed`.
         """
         key = self.key_of(weight)
-        randomized = self.mode == "randomized" and k is not None
-        mem_key = (key, k) if randomized else (key, None)
+        randomized = self.mode != "exact" and k is not None
+        mem_key = (key, k, self.mode, self.seed) if randomized else (key, None)
         if self._hot is not None and self._hot[0] == mem_key and self._hot[1] == weight.device:
             return self._hot[2]
         svd = self._memory.get(mem_key)
@@ -137,12 +152,16 @@ class SVDCache:
 
     def _compute(self, weight: torch.Tensor, k: int | None) -> SVD:
         self.computed += 1
+        if k is not None and self.mode == "authors":
+            U, S, V = authors_svd(weight, k, self.seed)
+            return SVD(U.contiguous(), S.contiguous(), V.mT.contiguous())
         w = weight.detach().to(_compute_dtype(weight))
         if k is None:
             U, S, Vh = torch.linalg.svd(w, full_matrices=False)
         else:
             q = min(min(w.shape), (k or 1) + RANDOMIZED_OVERSAMPLE)
-            U, S, V = torch.svd_lowrank(w, q=q, niter=RANDOMIZED_NITER)
+            with seeded(w.device, self.seed):
+                U, S, V = torch.svd_lowrank(w, q=q, niter=RANDOMIZED_NITER)
             Vh = V.mT
         return SVD(U.contiguous(), S.contiguous(), Vh.contiguous())
 
@@ -201,6 +220,22 @@ class SVDCache:
             self._evict(keep=path)
         except OSError:
             pass  # a read-only or full cache folder only costs speed
+
+
+def authors_svd(weight: torch.Tensor, k: int, seed: int):
+    """The authors' call, `torch.svd_lowrank(W.float(), q=k, niter=2)` (src/laser/matrix_utils.py:39-50), with the
+    random generators seeded by `seed` for this call alone (their code seeds nothing); returns (U, S, V)."""
+    w = weight.detach().to(torch.float32)
+    with seeded(w.device, seed):
+        return torch.svd_lowrank(w, q=k, niter=AUTHORS_NITER)
+
+
+@contextmanager
+def seeded(device: torch.device, seed: int):
+    """torch's generators (the CPU's, and `device`'s if it is a GPU) seeded for the block, then put back."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
 
 
 def _env_disk_bound() -> int | None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserError
+from .generation import Drafts, GenSettings, decode_records, fill_masks_records
 from .metrics import Metric, choose_metrics
 from .scoring import (Request, Scorer, causal_request, encode_continuation, encode_pair, encode_prompt,
                       masked_at_request, masked_request, max_positions)
@@ -99,85 +100,34 @@ def records_from(examples: list[Example], requests: list[Request], results, enco
     return records
 
 
-FILL_MASKS = 5  # src/intervention_roberta_hotpot.py:61 and _bbh.py:61: "{question} <mask> <mask> <mask> <mask> <mask>"
-
-
-def _hit(answers: list[str], text: str) -> bool:
-    return any(a.strip().lower() in text.strip().lower() for a in answers)
-
-
-@torch.inference_mode()
-def fill_masks_records(scorer: Scorer, examples: list[Example], records: list[dict]) -> None:
-    """A masked LM's generation, as the authors' RoBERTa scripts make it: FILL_MASKS masks after the prompt, the
-    argmax at each decoded together. Nothing of the prompt is decoded, so gen01_paper is gen01."""
-    tok = scorer.tokenizer
-    max_len = max_positions(scorer.model)
-    requests = []
-    for i, ex in enumerate(examples):
-        ids = encode_prompt(tok, ex.prompt + (" " + tok.mask_token) * FILL_MASKS)
-        masks = [p for p, t in enumerate(ids) if t == tok.mask_token_id][-FILL_MASKS:]
-        if max_len is not None and len(ids) > max_len:  # the prompt loses its start, its first token kept
-            drop = len(ids) - max_len
-            ids, masks = ids[:1] + ids[1 + drop:], [p - drop for p in masks]
-        requests.append(Request(ids, [(p, 0) for p in masks], None, (i,)))
-    for batch in scorer.batches(requests):
-        flat = [i for pack in batch for i in pack]
-        inputs = scorer.collate([[requests[i]] for i in flat])
-        rows = torch.tensor([j for j, i in enumerate(flat) for _ in requests[i].targets], device=scorer.device)
-        cols = torch.tensor([p for i in flat for p, _ in requests[i].targets], device=scorer.device)
-        logits = (scorer.head(scorer.hidden(inputs)[rows, cols]) if scorer.fast
-                  else scorer.full_logits(inputs)[rows, cols])
-        best = logits.argmax(-1).tolist()
-        for i in flat:
-            text = tok.decode(best[:FILL_MASKS])
-            best = best[FILL_MASKS:]
-            records[i]["generation"] = text
-            records[i]["gen01"] = records[i]["gen01_paper"] = _hit(examples[i].answers, text)
-
-
-@torch.inference_mode()
-def generate_records(scorer: Scorer, examples: list[Example], records: list[dict], max_new_tokens: int) -> None:
-    """gen01: greedy generation, only the generated tokens decoded; gen01_paper: the prompt decoded with them.
-    Masked LMs fill masks instead (fill_masks_records)."""
-    if scorer.mlm:
-        return fill_masks_records(scorer, examples, records)
-    tok, model = scorer.tokenizer, scorer.model
-    old_side = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        step = scorer.batch_size or 32
-        order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
-        for start in range(0, len(order), step):
-            idx = order[start:start + step]
-            enc = tok([examples[i].prompt for i in idx], return_tensors="pt", padding=True).to(scorer.device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=scorer.pad_id, num_beams=1)
-            for row, i in enumerate(idx):
-                text = tok.decode(out[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-                # The authors decode prompt and generation together (src/intervention_gptj_bbh_qa.py:101-121):
-                # an answer that occurs in the prompt counts as correct. Kept as gen01_paper, for comparison.
-                whole = tok.decode(out[row], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-                records[i]["generation"] = text
-                records[i]["gen01"] = _hit(examples[i].answers, text)
-                records[i]["gen01_paper"] = _hit(examples[i].answers, whole)
-    finally:
-        tok.padding_side = old_side
-
-
 class Prepared:
-    """Examples encoded and packed once, to be scored many times (once per edit candidate)."""
+    """Examples encoded and packed once, to be scored many times (once per edit candidate).
+
+    With a generation metric, the rows' greedy generation is made here, by the model as it is now, and each later
+    score() verifies it as a draft (generation.py): pass `drafts` to reuse those of a larger row set's head.
+    """
 
     def __init__(self, scorer: Scorer, examples: list[Example], metrics: list[Metric] | None = None,
-                 gen_tokens: int = 10):
+                 gen_tokens: int | GenSettings = 10, drafts: Drafts | None = None):
         if scorer.tokenizer is None:
             raise UserError("this model has no tokenizer: evaluation needs one next to the weights")
-        self.scorer, self.examples, self.gen_tokens = scorer, examples, gen_tokens
+        self.scorer, self.examples = scorer, examples
+        self.gen = gen_tokens if isinstance(gen_tokens, GenSettings) else GenSettings(gen_tokens)
         kind = examples[0].kind
         self.metrics = metrics or choose_metrics(kind, None, any(ex.paraphrases for ex in examples))
         self.needs = {m.needs for m in self.metrics}
         self.requests, self.encodings = build_requests(scorer, examples, "paraphrases" in self.needs)
+        self.drafts = None
+        if "generate" in self.needs and not scorer.mlm:
+            self.drafts = drafts or Drafts.make(scorer, [ex.prompt for ex in examples], self.gen)
+            self.requests += self.drafts.requests(scorer)
         self.batches = scorer.batches(self.requests)
         self._collated: list | None = None
+
+    def head(self, n: int) -> "Prepared":
+        """The first n rows, prepared alike (drafts included: they are not generated again)."""
+        return Prepared(self.scorer, self.examples[:n], self.metrics, self.gen,
+                        self.drafts.head(n) if self.drafts is not None else None)
 
     def collated(self) -> list:
         """Every batch as model inputs, in order, laid out once: a search scores the same rows for every
@@ -190,9 +140,15 @@ class Prepared:
     def score(self, context=None, progress=None) -> Evaluation:
         """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay)."""
         results = self.scorer.run(self.requests, progress, self.batches, context, self.collated())
-        records = records_from(self.examples, self.requests, results, self.encodings)
+        scored = [(q, r) for q, r in zip(self.requests, results) if q.key[1] != "gen"]
+        records = records_from(self.examples, [q for q, _ in scored], [r for _, r in scored], self.encodings)
         if "generate" in self.needs:
-            generate_records(self.scorer, self.examples, records, self.gen_tokens)
+            if self.drafts is None:  # a masked LM fills masks: one forward
+                fill_masks_records(self.scorer, self.examples, records)
+            else:
+                checked = {q.key[0]: r for q, r in zip(self.requests, results) if q.key[1] == "gen"}
+                generated = self.drafts.finish(self.scorer, checked)
+                decode_records(self.scorer.tokenizer, self.examples, self.drafts.prompts, generated, records)
         return Evaluation({m.name: m.fn(records) for m in self.metrics}, records, len(self.examples))
 
 
@@ -201,7 +157,7 @@ def evaluate(
     examples: list[Example],
     metrics: list[Metric] | None = None,
     *,
-    gen_tokens: int = 10,
+    gen_tokens: int | GenSettings = 10,
     progress=None,
 ) -> Evaluation:
     """Score `examples` with the scorer's model as it is now (apply edits around this call)."""

@@ -22,6 +22,7 @@ class Metric:
     needs: str | None = None  # "generate" or "paraphrases": extra work the metric costs
     help: str = ""
     lower_is_better: bool = False
+    row: str | None = None  # the record key holding each example's value (its mean is the metric)
 
 
 METRICS: dict[str, Metric] = {}
@@ -29,12 +30,23 @@ PRIMARY = {"cloze": "top1", "choice": "acc"}
 
 
 def register_metric(name: str, kinds: tuple[str, ...], *, default: bool = True, needs: str | None = None, help: str = "",
-                    lower_is_better: bool = False):
+                    lower_is_better: bool = False, row: str | None = None):
+    """Register `fn(records) -> float`; `row` names the record key of each example's value, for paired
+    comparisons (the metric being the mean of those values)."""
     def deco(fn):
-        METRICS[name] = Metric(name, kinds, fn, default, needs, help, lower_is_better)
+        METRICS[name] = Metric(name, kinds, fn, default, needs, help, lower_is_better, row or name)
         return fn
 
     return deco
+
+
+def row_values(records: list[dict], metric: str) -> list[float] | None:
+    """Each example's value of `metric` (whose mean is the metric), or None where the records lack it. A user
+    objective's records hold its metrics by name."""
+    key = METRICS[metric].row if metric in METRICS else metric
+    if not records or any(key not in r for r in records):
+        return None
+    return [float(r[key]) for r in records]
 
 
 def _mean(values) -> float:
@@ -52,7 +64,7 @@ def _top10(records):
     return _mean(r["top10"] for r in records)
 
 
-@register_metric("logloss", ("cloze", "choice"), lower_is_better=True,
+@register_metric("logloss", ("cloze", "choice"), lower_is_better=True, row="nll",
                  help="the paper's loss: mean per-token NLL, over the whole vocabulary, of the gold continuation "
                       "(cloze: the first answer; choice: the correct choice)")
 def _logloss(records):
@@ -113,20 +125,29 @@ def choose_metrics(kind: str, names: list[str] | None, has_paraphrases: bool) ->
             if kind in m.kinds and m.default and (m.needs != "paraphrases" or has_paraphrases)]
 
 
+LOSS_SUFFIXES = ("loss", "nll", "perplexity", "ppl", "error")
+
+
 def lower_is_better(metric: str, lower: bool | None = None) -> bool:
     """The direction of `metric`: `lower` where the caller knows it (a user objective's metric), else the
-    registry's (a name outside it is maximised)."""
+    registry's; a name outside it is minimised if it ends like a loss (loss, nll, perplexity, ppl, error), else
+    maximised."""
     if lower is not None:
         return lower
-    return METRICS[metric].lower_is_better if metric in METRICS else False
+    if metric in METRICS:
+        return METRICS[metric].lower_is_better
+    return metric.lower().endswith(LOSS_SUFFIXES)
+
+
+TIE_ORDER = ("acc", "top1", "gen01", "gen01_paper", "acc_norm", "top10", "logloss", "choice_logloss", "robust")
 
 
 def rank_key(metrics: dict, primary: str, lower: bool | None = None) -> tuple:
     """A key to maximise: the primary metric first (logloss-like ones minimised; `lower` overrides its
-    direction), then the other metrics in a fixed order (losses minimised), so ties break the same way
-    everywhere."""
-    order = [primary] + [m for m in ("acc", "top1", "gen01", "gen01_paper", "acc_norm", "top10", "logloss",
-                                     "choice_logloss", "robust") if m != primary]
+    direction), then the registry's other metrics in a fixed order, then any others (a user objective's) by
+    name, each in its direction (lower_is_better), so ties break the same way everywhere."""
+    order = [primary] + [m for m in TIE_ORDER if m != primary]
+    order += sorted(m for m in metrics if m not in order)
     out = []
     for name in order:
         down = lower_is_better(name, lower if name == primary else None)

@@ -13,10 +13,26 @@ from dataclasses import dataclass
 from ..errors import UserError
 
 PROTOCOL_NAMES = ("paper", "laserlm")
+
 VAL_FRACTION = 0.2
 # The authors' BigBench scripts sweep rate in [1, 2, 4, 6, 8, 9, 9.5, 9.9, 9.95], i.e. rho = (10 - rate) / 10
 # (src/intervention_gptj_bbh.py:336); the paper's figure grid is the seven without 0.4 and 0.005.
 REPRODUCE_RHOS = (0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05, 0.01, 0.005)
+
+# Where the authors' scripts fix a grid of their own, per model family (model_type) and benchmark: the layers as a
+# function of the model's depth (the same layers on the paper's model, the same place from the top on a shallower
+# or deeper one) and the rho. Elsewhere their scripts take (layer, rate) from the command line: every layer, and
+# REPRODUCE_RHOS.
+AUTHORS_GRIDS = {
+    # src/intervention_gptj_bbh.py:329-336: layers 27 down to 17 of 28, the nine rates
+    ("gptj", "bb_epistemic"): (lambda n: range(n - 11, n), REPRODUCE_RHOS, "src/intervention_gptj_bbh.py:329-336"),
+    # src/intervention_llama2_bbh.py:326-333: layers 31 down to 27 of 32, rates 8, 9, 9.5, 9.9, 9.95
+    ("llama", "bb_epistemic"): (lambda n: range(n - 5, n), (0.2, 0.1, 0.05, 0.01, 0.005),
+                                "src/intervention_llama2_bbh.py:326-333"),
+    # src/intervention_roberta_bbh.py:369-376 and _hotpot.py:381-388: layers 11 down to 1 of 12
+    ("roberta", "bb_epistemic"): (lambda n: range(1, n), REPRODUCE_RHOS, "src/intervention_roberta_bbh.py:369-376"),
+    ("roberta", "hotpotqa"): (lambda n: range(1, n), REPRODUCE_RHOS, "src/intervention_roberta_hotpot.py:381-388"),
+}
 
 
 @dataclass(frozen=True)
@@ -32,13 +48,16 @@ class Protocol:
     primary: str
     metrics: tuple[str, ...]
     gen_tokens: int = 10
+    min_new_tokens: int = 0  # EOS barred before this many generated tokens (the authors pass 1)
     max_answer_tokens: int | None = None  # rows whose answer is longer (model's tokenizer) are dropped
     source: str = ""
 
 
 def _both(template: str, primary: str, metrics: tuple[str, ...], source: str, *, laser_primary: str | None = None,
           laser_metrics: tuple[str, ...] | None = None, **kw) -> dict[str, Protocol]:
-    return {"paper": Protocol(template, "head", primary, metrics, source=source, **kw),
+    # The authors generate with min_new_tokens=1 (src/intervention_llama2_bbh_qa.py:101-103); ours is plain greedy.
+    paper_min = 1 if any(m.startswith("gen01") for m in metrics) else 0
+    return {"paper": Protocol(template, "head", primary, metrics, source=source, min_new_tokens=paper_min, **kw),
             "laserlm": Protocol(template, "shuffle", laser_primary or primary, laser_metrics or metrics,
                                 source=source, **kw)}
 

@@ -28,12 +28,15 @@ class Request:
     targets: list[tuple[int, int]]  # (position whose logits score the token, token id)
     topk_pos: int | None = None
     key: tuple = ()  # (example position, role, sub-index), for the caller
+    argmax: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # (position, token ids barred there)
 
 
 @dataclass
 class Result:
     logprobs: list[float] = field(default_factory=list)  # one per target
     top: list[int] = field(default_factory=list)  # top-k token ids at topk_pos, best first
+    argmax: list[int] = field(default_factory=list)  # the greedy token at each argmax position
+    margins: list[tuple[float, float]] = field(default_factory=list)  # (its logit, its lead over the runner-up)
 
 
 def is_masked_lm(model: nn.Module) -> bool:
@@ -133,6 +136,7 @@ class Scorer:
                        for j, r in enumerate(reqs)]
             tops = [None if r.topk_pos is None else where.setdefault(inputs.at(j, r.topk_pos), len(where))
                     for j, r in enumerate(reqs)]
+            argmaxes = [[where.setdefault(inputs.at(j, p), len(where)) for p, _ in r.argmax] for j, r in enumerate(reqs)]
             rows = torch.tensor([rc[0] for rc in where], device=self.device)
             cols = torch.tensor([rc[1] for rc in where], device=self.device)
             with context(b) if context is not None else nullcontext():
@@ -140,7 +144,7 @@ class Scorer:
                     gathered.append(self.hidden(inputs)[rows, cols])
                 else:
                     gathered.append(self.full_logits(inputs)[rows, cols].float())
-            pending.append((flat, reqs, targets, tops, len(where)))
+            pending.append((flat, reqs, targets, tops, argmaxes, len(where)))
             if sum(len(g) for g in gathered) >= HEAD_ROWS:
                 flush()
             if progress is not None:
@@ -152,20 +156,23 @@ class Scorer:
     def _score_gathered(self, flat: torch.Tensor, pending, results) -> None:
         """Head, log-softmax and picks over the gathered rows, HEAD_ROWS at a time: one batch of short rows
         can gather thousands of positions, and their logits over a large vocabulary would not fit."""
-        tok_rows, tok_ids, top_rows = [], [], []
+        tok_rows, tok_ids, top_rows, arg_rows, barred = [], [], [], [], []
         offset = 0
-        for _flat, reqs, targets, tops, n in pending:
-            for r, where, top in zip(reqs, targets, tops):
+        for _flat, reqs, targets, tops, argmaxes, n in pending:
+            for r, where, top, args in zip(reqs, targets, tops, argmaxes):
                 tok_rows += [offset + w for w in where]
                 tok_ids += [t for _, t in r.targets]
                 if top is not None:
                     top_rows.append(offset + top)
+                arg_rows += [offset + w for w in args]
+                barred += [bar for _, bar in r.argmax]
             offset += n
         tok_rows_t = torch.tensor(tok_rows, dtype=torch.long)
         tok_ids_t = torch.tensor(tok_ids, dtype=torch.long)
         top_rows_t = torch.tensor(top_rows, dtype=torch.long)
         picked = torch.empty(len(tok_rows), dtype=torch.float32)
         tops_t = torch.empty((len(top_rows), 0), dtype=torch.long)
+        greedy = _Greedy(arg_rows, barred)
         for start in range(0, len(flat), HEAD_ROWS):
             end = min(start + HEAD_ROWS, len(flat))
             logits = self.head(flat[start:end]).float() if self.fast else flat[start:end]
@@ -180,8 +187,9 @@ class Scorer:
                 if tops_t.shape[1] == 0:
                     tops_t = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
                 tops_t[sel] = top
+            greedy.pick(logits, start, end)
         picked_l, tops_l = picked.tolist(), tops_t.tolist()
-        k = t = 0
+        k = t = a = 0
         for flat_idx, reqs, *_ in pending:
             for i, r in zip(flat_idx, reqs):
                 res = Result(logprobs=picked_l[k:k + len(r.targets)])
@@ -189,7 +197,36 @@ class Scorer:
                 if r.topk_pos is not None:
                     res.top = tops_l[t]
                     t += 1
+                if r.argmax:
+                    res.argmax, res.margins = greedy.tokens[a:a + len(r.argmax)], greedy.margins[a:a + len(r.argmax)]
+                    a += len(r.argmax)
                 results[i] = res
+
+
+class _Greedy:
+    """Greedy picks at gathered rows, as generate() makes them: the argmax of the float32 logits with the barred
+    tokens (EOS before min_new_tokens) at -inf; with each pick, its logit and its lead over the runner-up."""
+
+    def __init__(self, rows: list[int], barred: list[tuple[int, ...]]):
+        self.rows = torch.tensor(rows, dtype=torch.long)
+        self.barred = barred
+        self.tokens: list[int] = [0] * len(rows)
+        self.margins: list[tuple[float, float]] = [(0.0, 0.0)] * len(rows)
+
+    def pick(self, logits: torch.Tensor, start: int, end: int) -> None:
+        sel = ((self.rows >= start) & (self.rows < end)).nonzero().flatten().tolist()
+        if not sel:
+            return
+        scores = logits[(self.rows[sel] - start).to(logits.device)].float().clone()
+        for j, k in enumerate(sel):
+            barred = [t for t in self.barred[k] if t < scores.shape[-1]]  # ids past the vocabulary never win
+            if barred:
+                scores[j, barred] = float("-inf")
+        best = scores.argmax(-1)
+        top2 = scores.topk(min(2, scores.shape[-1]), dim=-1).values
+        lead = (top2[:, 0] - top2[:, -1]) if top2.shape[-1] > 1 else torch.full_like(top2[:, 0], float("inf"))
+        for k, tok, value, gap in zip(sel, best.tolist(), top2[:, 0].tolist(), lead.tolist()):
+            self.tokens[k], self.margins[k] = tok, (value, gap)
 
 
 # -- encoding ---------------------------------------------------------------------------------------

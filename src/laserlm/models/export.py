@@ -33,8 +33,8 @@ def export(
         raise UserError(f"output folder {out} is not empty: choose a new -o folder or empty it")
     model = loaded.model
     layout = layout or get_layout(model)
-    steps = plan(model, edits, layout)
     cache = svd_cache or default_cache()
+    steps = plan(model, edits, layout, cache)
     stored: dict[str, dict] = {}
     lowrank: dict[str, LowRankLinear] = {}
     with torch.no_grad():

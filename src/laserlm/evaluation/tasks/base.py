@@ -51,8 +51,15 @@ class Task:
     primary: str | None = None  # None: top1 for cloze, acc for choice
     metrics: list[str] | None = None  # None: the defaults for the kind
     gen_tokens: int = 10
+    min_new_tokens: int = 0
     max_answer_tokens: int | None = None
     protocol: str | None = None
+
+    def gen(self, tokens: int | None = None):
+        """The generation settings of gen01/gen01_paper: `tokens` (--gen-tokens) or the protocol's count."""
+        from ..generation import GenSettings
+
+        return GenSettings(tokens or self.gen_tokens, self.min_new_tokens)
 
     def drop_long_answers(self, tokenizer) -> int:
         """Drop rows whose first answer is longer than `max_answer_tokens` tokens of this tokenizer, counted as

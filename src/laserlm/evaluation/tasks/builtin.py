@@ -252,5 +252,5 @@ def load_builtin(name: str, data: str | None = None, protocol: str = "paper") ->
     for i, ex in enumerate(examples):
         ex.index = i
     return Task(name, spec.kind, examples, description=spec.source, split_rule=proto.split, primary=proto.primary,
-                metrics=list(proto.metrics), gen_tokens=proto.gen_tokens, max_answer_tokens=proto.max_answer_tokens,
-                protocol=protocol)
+                metrics=list(proto.metrics), gen_tokens=proto.gen_tokens, min_new_tokens=proto.min_new_tokens,
+                max_answer_tokens=proto.max_answer_tokens, protocol=protocol)

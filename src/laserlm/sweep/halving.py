@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..core.edits import Edit
 from ..evaluation.metrics import rank_key
-from .sweep import text_tiebreak
+from .sweeper import text_tiebreak
 
 HALVING_STORE = "halving.jsonl"
 MIN_ROWS = 32  # a first slice smaller than this ranks candidates mostly by noise

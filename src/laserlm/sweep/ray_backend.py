@@ -43,11 +43,14 @@ class WorkerSpec:
     batch_size: int | None = None
     max_tokens: int | None = None
     svd: str = "exact"
+    seed: int = 0
     svd_disk: bool = True
     protocol: str = "paper"
     lm_eval_include: str | None = None
     metrics: list[str] | None = None
     gen_tokens: int = 10
+    min_new_tokens: int = 0
+    log: str | None = None  # RUN_DIR/workers.log: each worker's layer groups, started and done (where writable)
 
 
 class SweepWorker:
@@ -63,12 +66,14 @@ class SweepWorker:
         from ..core.layout import get_layout
         from ..core.svd import SVDCache
         from ..evaluation.evaluate import Prepared
+        from ..evaluation.generation import GenSettings
         from ..evaluation.metrics import choose_metrics
         from ..evaluation.scoring import Scorer
         from ..evaluation.tasks import load_task
         from ..models.loading import load_model
+        from .job import text_numerics
         from .store import ResultStore, rows_hash
-        from .sweep import Sweeper
+        from .sweeper import Sweeper
 
         spec = self.spec
         torch.set_num_threads(max(1, self.threads))  # never more threads than the CPUs Ray gave us
@@ -78,22 +83,40 @@ class SweepWorker:
         rows = task.select("val", spec.split_seed, spec.limit)
         metrics = choose_metrics(task.kind, spec.metrics, True)
         device = next(loaded.model.parameters()).device.type
+        gen = GenSettings(spec.gen_tokens, spec.min_new_tokens)
+        cache = SVDCache(disk="default" if spec.svd_disk else None, mode=spec.svd, seed=spec.seed)
         # This worker's own identity: the driver stores a row only if its key matches the driver's.
         context = {"model": loaded.identity, "task": spec.task_identity, "rows": rows_hash(rows),
-                   "dtype": spec.dtype, "svd": spec.svd, "device": device,
-                   "metrics": sorted(m.name for m in metrics), "gen_tokens": spec.gen_tokens}
-        cache = SVDCache(disk="default" if spec.svd_disk else None, mode=spec.svd)
+                   "dtype": spec.dtype, "svd": cache.label, "device": device,
+                   **text_numerics(metrics, gen)}
         self.sweeper = Sweeper(loaded.model, get_layout(loaded.model, spec.module_patterns),
                                Prepared(Scorer(loaded.model, loaded.tokenizer, batch_size=spec.batch_size,
-                                               max_tokens=spec.max_tokens), rows, metrics, spec.gen_tokens),
+                                               max_tokens=spec.max_tokens), rows, metrics, gen),
                                ResultStore(None), context, "val", cache)
 
     def run(self, edits: list[dict]) -> tuple[dict, list[dict]]:
         if self.sweeper is None:
             self._load()
+        layer = edits[0]["layer"] if edits else None
+        self._note("start", layer)
         done: list[dict] = []
         self.sweeper.sweep([Edit.from_json(e) for e in edits], on_done=done.append, base=False)
+        self._note("done", layer)
         return self.sweeper.context, done
+
+    def _note(self, event: str, layer) -> None:
+        """A line of workers.log: which process works on which layer group (a worker on another node, where the
+        run folder does not exist, writes nothing)."""
+        import json
+        import socket
+        import time
+
+        if not self.spec.log or not os.path.isdir(os.path.dirname(self.spec.log)):
+            return
+        line = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "layer": layer, "event": event,
+                           "time": round(time.time(), 3)})
+        with open(self.spec.log, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 def _import_ray():

@@ -17,7 +17,6 @@ from laserlm.cli.main import main
 from conftest import cloze_rows, tiny_tokenizer
 
 ray = pytest.importorskip("ray")
-psutil = pytest.importorskip("psutil")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def deep_tiny(tmp_path):
 
 def _search(folder, task, out, *extra):
     return main(["search", str(folder), "-t", str(task), "--types", "mlp_in,mlp_out", "--layers", *extra,
-                 "--no-svd-cache", "-o", str(out)])
+                 "--no-svd-cache", "--device", "cpu", "-o", str(out)])
 
 
 def _metrics(out):
@@ -70,31 +69,46 @@ def test_ray_and_local_give_identical_results(ray_session, deep_tiny, tmp_path):
     assert best[0] == best[1]
 
 
+def _log(run) -> list[dict]:
+    path = run / "workers.log"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def test_a_killed_worker_is_replaced_and_nothing_is_lost(ray_session, deep_tiny, tmp_path):
+    """This run's own worker is killed (by the pid its workers.log reports) once it has started a layer group:
+    its unfinished groups run again in a new process, and every candidate is stored exactly once."""
     folder, task = deep_tiny
+    run = tmp_path / "run"
     killed = []
 
     def killer():
-        deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            for p in psutil.process_iter(["pid", "cmdline"]):
-                if any("SweepWorker" in part for part in (p.info["cmdline"] or [])):
-                    time.sleep(0.5)  # let it start work first
-                    os.kill(p.info["pid"], signal.SIGKILL)
-                    killed.append(p.info["pid"])
-                    return
-            time.sleep(0.05)
+        while not killed and not done.is_set():
+            started = [e for e in _log(run) if e["event"] == "start"]
+            if started:
+                os.kill(started[0]["pid"], signal.SIGKILL)
+                killed.append(started[0])
+            time.sleep(0.002)
 
+    done = threading.Event()
     watcher = threading.Thread(target=killer)
     watcher.start()
-    code = _search(folder, task, tmp_path / "run", "all", "--rhos", "0.9,0.5,0.2,k=1", "--backend", "ray",
-                   "--workers", "2")
-    watcher.join()
-    assert killed, "no worker was seen to kill"
+    try:
+        code = _search(folder, task, run, "all", "--rhos", "0.9,0.5,0.2,k=1", "--backend", "ray", "--workers", "2")
+    finally:
+        done.set()
+        watcher.join()
+    assert killed, "no worker started a layer group"
     assert code == 0
-    rows = [json.loads(line) for line in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
     edits = [json.dumps(r["edits"]) for r in rows]
     assert len(edits) == len(set(edits)) == 1 + 8 * 2 * 4
+    events = _log(run)
+    victim = killed[0]["pid"]
+    # The victim was killed at its first group, so the later groups of its chunk ran in a third process.
+    pids = {e["pid"] for e in events}
+    assert len(pids) == 3, "two workers and the one that replaced the killed worker"
+    assert all(e["layer"] == killed[0]["layer"] for e in events if e["pid"] == victim)
+    assert {e["layer"] for e in events if e["event"] == "done"} == set(range(8))
 
 
 def test_without_ray_the_backend_explains_how_to_install(tiny_with_tokenizer, tmp_path, monkeypatch, capsys):

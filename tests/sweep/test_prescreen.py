@@ -16,7 +16,7 @@ from laserlm.core.svd import SVDCache
 from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import Example
-from laserlm.search.prescreen import prescreen
+from laserlm.sweep.prescreen import prescreen
 
 from conftest import build_tiny, cloze_rows, tiny_tokenizer
 

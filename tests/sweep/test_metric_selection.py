@@ -9,7 +9,7 @@ import pytest
 from laserlm.cli.main import main
 from laserlm.core.edits import Edit
 from laserlm.evaluation.metrics import rank_key
-from laserlm.search.sweep import best_row, compose
+from laserlm.sweep.sweeper import best_row, compose
 
 from conftest import cloze_rows
 
@@ -72,7 +72,13 @@ def test_laser_search_metric_top10_compose(tiny_with_tokenizer, tmp_path):
     assert best["metric"] == "top10"
     want = max(singles, key=lambda r: rank_key(r["metrics"], "top10"))
     assert best["best"]["val"] == want["metrics"]["top10"]
-    assert best["composed"]["val"] >= best["best"]["val"]
+    # The composed stack, evaluated afresh by `laser eval` on the same val rows, has the stored metrics.
+    stack = [str(Edit.from_json(e)) for e in best["composed"]["edits"]]
+    assert stack, "no stack improved on the base model: the check below would test nothing"
+    assert main(["eval", str(tiny_with_tokenizer), "-t", str(task), "--split", "val", "--json", str(tmp_path / "c.json"),
+                 *sum((["-e", e] for e in stack), [])]) == 0
+    again = json.loads((tmp_path / "c.json").read_text())["metrics"]
+    assert again["top10"] == best["composed"]["val"] and again["top1"] == best["composed"]["val_metrics"]["top1"]
     assert "Primary metric: `top10`" in (out / "report.md").read_text()
     assert (out / "plot_top10.png").exists()
     # An unknown metric, or one the task cannot have, is refused before any work.

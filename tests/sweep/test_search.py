@@ -11,8 +11,8 @@ from laserlm.cli.main import main
 from laserlm.core.edits import Edit, edited
 from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.scoring import Scorer
-from laserlm.search.sweep import Sweeper, best_row, compose, grid
-from laserlm.search.store import ResultStore
+from laserlm.sweep.sweeper import Sweeper, best_row, compose, grid
+from laserlm.sweep.store import ResultStore
 from laserlm.core.svd import SVDCache
 from laserlm.evaluation.tasks import Example
 
@@ -150,7 +150,7 @@ def test_run_folder_refuses_other_runs_and_extends_grids(tiny_with_tokenizer, ta
     assert set(best) == {"metric", "lower_is_better", "base", "best", "mp", "composed"} and best["metric"] == "top1"
     assert best["lower_is_better"] is False
     assert best["mp"]["edits"][0]["method"] == "mp" and best["mp"]["edits"][0]["layer"] == best["best"]["edits"][0]["layer"]
-    assert best["best"]["val"] == max(r["metrics"]["top1"] for r in rows)
+    assert best["best"]["val"] == max(r["metrics"]["top1"] for r in rows if r["edits"])
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
@@ -158,7 +158,7 @@ def test_run_folder_refuses_other_runs_and_extends_grids(tiny_with_tokenizer, ta
 
 
 def test_layers_split_into_contiguous_chunks_of_equal_cost():
-    from laserlm.search.ray_backend import contiguous_chunks
+    from laserlm.sweep.ray_backend import contiguous_chunks
 
     layers = list(range(22, 30))
     cost = {layer: 4 * (30 - layer) for layer in layers}  # 4 candidates, 30 - l blocks each

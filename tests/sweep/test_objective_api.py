@@ -61,11 +61,16 @@ def test_a_loss_is_minimised_and_a_plain_function_needs_its_metric(tmp_path):
         laserlm.search(model, toy("loss"), run_dir=tmp_path / "c", module_patterns=PATTERNS, progress=False)
 
 
-def test_search_is_the_api_and_still_the_package():
-    assert callable(laserlm.search)
-    import laserlm.search.job as job
+def test_search_is_a_plain_function_and_the_package_a_plain_module():
+    import inspect
+    import sys
+    import types
 
-    assert job.run_job is not None and "objective(model, split)" in laserlm.search.__call__.__doc__
+    import laserlm.sweep.job as job
+
+    assert inspect.isfunction(laserlm.search) and laserlm.search.__module__ == "laserlm.api"
+    assert "objective(model, split)" in laserlm.search.__doc__
+    assert type(sys.modules["laserlm.sweep"]) is types.ModuleType and job.run_job is not None
 
 
 def _cli(out: Path, *extra: str) -> list[str]:

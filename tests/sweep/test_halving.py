@@ -9,7 +9,7 @@ import pytest
 
 from laserlm import Edit
 from laserlm.cli.main import main
-from laserlm.search.halving import halve, schedule
+from laserlm.sweep.halving import halve, schedule
 
 from conftest import kill_when
 

@@ -9,7 +9,7 @@ import pytest
 
 from laserlm.analysis.report import write_report
 from laserlm.cli.main import main
-from laserlm.search.store import ResultStore
+from laserlm.sweep.store import ResultStore
 
 from conftest import cloze_rows
 

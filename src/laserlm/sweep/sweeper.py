@@ -16,7 +16,7 @@ import torch
 from ..core.layout import Layout
 from ..core.edits import Edit, edited, plan
 from ..evaluation.evaluate import Evaluation, Prepared
-from ..evaluation.metrics import rank_key
+from ..evaluation.metrics import rank_key, row_values
 from .objective import ObjectiveSplit
 from .prefix import PrefixCache
 from .store import ResultStore, candidate_key
@@ -52,6 +52,7 @@ class Sweeper:
     split: str
     cache: SVDCache
     walk: tuple[int, list] | None = None  # (layer, states entering it): where the last sweep stopped
+    per_row: bool = False  # store each example's metric values (the test rows: paired intervals)
 
     def key(self, edits: list[Edit]) -> str:
         return candidate_key(self.context, self.split, [e.to_json() for e in edits])
@@ -62,12 +63,15 @@ class Sweeper:
     def _record(self, edits: list[Edit], ev: Evaluation, secs: float) -> dict:
         row = {"key": self.key(edits), "edits": [e.to_json() for e in edits], "split": self.split,
                "n": ev.n, "metrics": ev.metrics, "seconds": round(secs, 3)}
+        if self.per_row:
+            values = {m: row_values(ev.records, m) for m in ev.metrics}
+            row["per_row"] = {m: v for m, v in values.items() if v is not None}
         self.store.append(row)
         return row
 
     def evaluate(self, edits: list[Edit]) -> dict:
         """One candidate (or stack) with a full forward; cached in the store."""
-        if (row := self.done(edits)) is not None:
+        if (row := self.done(edits)) is not None and (not self.per_row or "per_row" in row):
             return row
         t0 = time.perf_counter()
         with edited(self.model, edits, layout=self.layout, svd_cache=self.cache):
@@ -82,7 +86,7 @@ class Sweeper:
         """
         pending = [c for c in candidates if self.done([c]) is None]
         for c in pending:  # every candidate is checked before any work
-            plan(self.model, [c], self.layout)
+            plan(self.model, [c], self.layout, self.cache)
         replay = isinstance(self.prepared, Prepared) and self.prepared.scorer.fast
         if self.layout.blocks is None or not replay:
             for edits in [[]] * base + [[c] for c in pending]:  # no known block list: correct, just slower

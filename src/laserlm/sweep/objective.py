@@ -25,7 +25,8 @@ class Objective:
 
     `higher_is_better=False` for a loss. `version` is yours to bump when `fn` changes what it measures
     (other data, another metric definition): results stored under another version are not reused.
-    A value under the key "n" (the number of examples) is stored as the row's n, not as a metric."""
+    A value under the key "n" (the number of examples) is stored as the row's n, not as a metric; one under
+    "per_row", {metric: [value per example]}, gives the test comparison its paired intervals (best.json)."""
 
     fn: Callable
     metric: str
@@ -49,15 +50,16 @@ class Objective:
         digest = hashlib.sha256(repr((self.name, str(self.version), split)).encode()).hexdigest()[:16]
         return {"n": None, "hash": digest}
 
-    def __call__(self, model, split: str) -> tuple[dict[str, float], int]:
-        """The checked metrics and n for `split`."""
+    def __call__(self, model, split: str) -> tuple[dict[str, float], int, list[dict]]:
+        """The checked metrics, n and per-example records ({metric: value}, from "per_row") for `split`."""
         out = self.fn(model, split)
         if not isinstance(out, dict):
             raise UserError(f"objective {self.name} returned {type(out).__name__}, not a dict of metric -> float")
         n = out.get("n", 0)
+        records = self._records(out.get("per_row"))
         metrics = {}
         for key, value in out.items():
-            if key == "n":
+            if key in ("n", "per_row"):
                 continue
             try:
                 metrics[str(key)] = float(value)
@@ -66,7 +68,17 @@ class Objective:
         if self.metric not in metrics or math.isnan(metrics[self.metric]):
             raise UserError(f"objective {self.name} returned no value for its metric {self.metric!r} "
                             f"(it returned {', '.join(metrics) or 'nothing'}): return it, or select on another")
-        return metrics, int(n or 0)
+        return metrics, int(n or 0), records
+
+    def _records(self, per_row) -> list[dict]:
+        if per_row is None:
+            return []
+        lengths = {len(v) for v in per_row.values()} if isinstance(per_row, dict) else set()
+        if not isinstance(per_row, dict) or len(lengths) != 1:
+            raise UserError(f"objective {self.name} returned per_row that is not {{metric: [one value per example]}} "
+                            "with lists of one length")
+        names = list(per_row)
+        return [dict(zip(names, values)) for values in zip(*(per_row[k] for k in names))]
 
 
 def as_objective(objective, metric: str | None = None, higher_is_better: bool | None = None,
@@ -94,5 +106,5 @@ class ObjectiveSplit:
         self.objective, self.model, self.split = objective, model, split
 
     def score(self, context=None) -> Evaluation:
-        metrics, n = self.objective(self.model, self.split)
-        return Evaluation(metrics, [], n)
+        metrics, n, records = self.objective(self.model, self.split)
+        return Evaluation(metrics, records, n)

@@ -19,14 +19,16 @@ from ..core.edits import Edit
 from ..core.layout import Layout
 from ..core.svd import SVDCache
 from ..evaluation.evaluate import Prepared
+from ..evaluation.generation import GenSettings
 from ..evaluation.metrics import Metric, lower_is_better
 from ..evaluation.scoring import Scorer
+from ..evaluation.stats import compare
 from ..errors import UserError
 from .halving import HALVING_STORE, halve, rounds_text, schedule
 from .prescreen import GRAD_ROWS, PRESCREEN_FILE, prescreen
 from .objective import Objective, ObjectiveSplit
 from .store import ResultStore, check_manifest, rows_hash
-from .sweep import Sweeper, best_row, compose, grid
+from .sweeper import Sweeper, best_row, compose, grid
 
 
 @dataclass
@@ -39,19 +41,22 @@ class Split:
     head: Callable[[int], "Split"] | None = None  # the first n rows as a split of their own (--halving)
 
 
-def _text_split(scorer: Scorer, rows: list, metrics: list[Metric], gen_tokens: int) -> Split:
-    return Split(Prepared(scorer, rows, metrics, gen_tokens), {"n": len(rows), "hash": rows_hash(rows)},
-                 lambda n: _text_split(scorer, rows[:n], metrics, gen_tokens))
+def _text_split(prepared: Prepared) -> Split:
+    rows = prepared.examples
+    return Split(prepared, {"n": len(rows), "hash": rows_hash(rows)}, lambda n: _text_split(prepared.head(n)))
 
 
-def text_splits(scorer: Scorer, val: list, test: list, metrics: list[Metric], gen_tokens: int) -> dict[str, Split]:
-    """Each row set encoded and packed once, whichever store its results go to."""
-    return {split: _text_split(scorer, rows, metrics, gen_tokens) for split, rows in (("val", val), ("test", test))}
+def text_splits(scorer: Scorer, val: list, test: list, metrics: list[Metric], gen: GenSettings) -> dict[str, Split]:
+    """Each row set encoded and packed once (and, for a generation metric, generated once: the drafts), whichever
+    store its results go to."""
+    return {split: _text_split(Prepared(scorer, rows, metrics, gen)) for split, rows in (("val", val), ("test", test))}
 
 
-def text_numerics(metrics: list[Metric], gen_tokens: int) -> dict:
-    """What a text search's scores depend on besides the model and rows."""
-    return {"metrics": sorted(m.name for m in metrics), "gen_tokens": gen_tokens}
+def text_numerics(metrics: list[Metric], gen: GenSettings) -> dict:
+    """What a text search's scores depend on besides the model and rows (min_new_tokens only where it is set, so
+    the keys of earlier runs without it stay valid)."""
+    out = {"metrics": sorted(m.name for m in metrics), "gen_tokens": gen.max_new}
+    return {**out, "min_new_tokens": gen.min_new} if gen.min_new else out
 
 
 def objective_splits(objective: Objective, model) -> dict[str, Split]:
@@ -123,7 +128,8 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
         context = {"model": job.identity["model"], "task": job.identity["task"], "rows": part.rows["hash"],
                    **numerics}
         store = store if isinstance(store, ResultStore) else ResultStore(job.run_dir / store)
-        return Sweeper(job.model, job.layout, part.scoring, store, context, split, job.cache)
+        return Sweeper(job.model, job.layout, part.scoring, store, context, split, job.cache,
+                       per_row=split == "test")
 
     t0 = time.perf_counter()
     on_val = sweeper("val", "results.jsonl")
@@ -161,17 +167,18 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
     rows = [r for r in on_val.store.rows.values() if r["split"] == "val"]
     best = best_row(rows, metric, job.lower)
     on_test = sweeper("test", "test.jsonl")
-    result = {"metric": metric, "lower_is_better": lower, "base": summary([], base, on_test.evaluate([]), metric)}
+    base_test = on_test.evaluate([])
+    result = {"metric": metric, "lower_is_better": lower, "base": summary([], base, base_test, metric)}
     best_edits = [Edit.from_json(e) for e in best["edits"]] if best else []
-    result["best"] = summary(best_edits, best or base, on_test.evaluate(best_edits), metric)
+    result["best"] = summary(best_edits, best or base, on_test.evaluate(best_edits), metric, base_test)
     if best_edits:  # the data-free baseline on the same matrix: keep what clears the Marchenko-Pastur edge
         mp = [Edit("mp", best_edits[0].type, best_edits[0].layer)]
         baselines = sweeper("val", "baselines.jsonl")  # kept out of results.jsonl, which selection reads
-        result["mp"] = summary(mp, baselines.evaluate(mp), on_test.evaluate(mp), metric)
+        result["mp"] = summary(mp, baselines.evaluate(mp), on_test.evaluate(mp), metric, base_test)
     if job.compose:
         on_compose = sweeper("val", "composed.jsonl")
         stack, row = compose(on_compose, rows, base, metric, log=log, lower=job.lower)
-        result["composed"] = summary(stack, row, on_test.evaluate(stack), metric)
+        result["composed"] = summary(stack, row, on_test.evaluate(stack), metric, base_test)
     (job.run_dir / "best.json").write_text(json.dumps(result, indent=2) + "\n")
     return {**result, "seconds": secs, "swept": len(pending), "halving": plan}
 
@@ -199,10 +206,27 @@ def _screened(job: SearchJob, candidates: list[Edit], log) -> list[Edit]:
     return order[:job.budget] if job.budget else order
 
 
-def summary(edits, val_row: dict, test_row: dict, metric: str) -> dict:
-    return {"edits": [e.to_json() for e in edits], "val": val_row["metrics"].get(metric),
-            "test": test_row["metrics"].get(metric), "val_metrics": val_row["metrics"],
-            "test_metrics": test_row["metrics"]}
+def summary(edits, val_row: dict, test_row: dict, metric: str, base_test: dict | None = None) -> dict:
+    """One line of best.json; against `base_test` (the base model's test row), the paired comparison on test."""
+    out = {"edits": [e.to_json() for e in edits], "val": val_row["metrics"].get(metric),
+           "test": test_row["metrics"].get(metric), "val_metrics": val_row["metrics"],
+           "test_metrics": test_row["metrics"]}
+    return {**out, **paired_test(base_test, test_row, metric)} if base_test is not None else out
+
+
+def paired_test(base_row: dict, row: dict, metric: str) -> dict:
+    """test_ci (95% paired bootstrap interval of the selection metric's difference from the base model),
+    test_p_mcnemar (exact, for a 0-1 metric), and test_paired: the same for every metric with per-row values."""
+    b, o = base_row.get("per_row") or {}, row.get("per_row") or {}
+    paired = {m: compare(b[m], o[m]) for m in o if m in b and b[m] and len(b[m]) == len(o[m])}
+    out: dict = {}
+    if metric in paired:
+        out["test_diff"], out["test_ci"] = paired[metric]["diff"], paired[metric]["ci"]
+        if "mcnemar" in paired[metric]:
+            out["test_p_mcnemar"] = paired[metric]["mcnemar"]["p"]
+    if paired:
+        out["test_paired"] = paired
+    return out
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -215,5 +239,14 @@ def summary_lines(result: dict) -> list[str]:
         if name in result:
             r = result[name]
             edits = " ".join(str(Edit.from_json(e)) for e in r["edits"]) or "(no edit)"
-            lines.append(f"{name:9s} val {metric} {r['val']:.4f}  test {metric} {r['test']:.4f}  {edits}")
+            lines.append(f"{name:9s} val {metric} {r['val']:.4f}  test {metric} {r['test']:.4f}{ci_text(r)}  {edits}")
     return lines
+
+
+def ci_text(r: dict) -> str:
+    """' (diff +0.0500, 95% CI [+0.0200, +0.0800], McNemar p 0.012)', or '' without a paired comparison."""
+    if "test_ci" not in r:
+        return ""
+    lo, hi = r["test_ci"]
+    p = f", McNemar p {r['test_p_mcnemar']:.3g}" if "test_p_mcnemar" in r else ""
+    return f" (diff {r['test_diff']:+.4f}, 95% CI [{lo:+.4f}, {hi:+.4f}]{p})"

@@ -11,8 +11,8 @@ from laserlm.core.svd import SVDCache
 from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import Example
-from laserlm.search.store import ResultStore
-from laserlm.search.sweep import Sweeper, best_row, compose, grid
+from laserlm.sweep.store import ResultStore
+from laserlm.sweep.sweeper import Sweeper, best_row, compose, grid
 
 from conftest import build_tiny, cloze_rows, tiny_tokenizer
 

@@ -1,0 +1,96 @@
+"""What `laser search -t TASK` and `laser reproduce` share: the speed options (successive halving, a prescreen with
+a budget, the Ray backend) and a text search job built from the command's arguments. Heavy imports happen inside
+functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .options import int_at_least, non_negative_float, positive_int
+
+
+def add_speed_args(p) -> None:
+    p.add_argument("--halving", nargs="?", const=3, type=int_at_least(2, "ETA"), metavar="ETA",
+                   help="successive halving over val rows: score every candidate on a first slice of val, keep "
+                        "the best 1/ETA (default 3), double the rows, repeat until the survivors have seen all "
+                        "of val (their rows go to results.jsonl, partial scores to halving.jsonl). Several "
+                        "times faster; the risk: a candidate weak on the first slice is never seen on all of val")
+    p.add_argument("--prescreen", choices=["mp", "snr", "grad"],
+                   help="rank the candidates before any evaluation, for --budget: mp (share of the removed energy "
+                        "under the Marchenko-Pastur edge), snr (matrices by signal-to-noise ratio, lowest first), "
+                        "grad (first-order change of the val loss from one backward pass on 32 val rows)")
+    p.add_argument("--budget", type=positive_int, metavar="N",
+                   help="with --prescreen: evaluate only the N best-ranked candidates (prescreen.json keeps the "
+                        "ranking). The risk: the best edit may be among those never evaluated")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: this process. ray: candidates grouped by layer on Ray actors (pip install "
+                        "'laserlm[ray]'); the cluster at --ray-address or $RAY_ADDRESS, else a local Ray")
+    p.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default $RAY_ADDRESS, else local)")
+    p.add_argument("--workers", type=positive_int, metavar="N", help="Ray actors (default: one per available CPU)")
+    p.add_argument("--gpus-per-worker", type=non_negative_float, metavar="G",
+                   help="GPUs each Ray actor asks for, fractional allowed (default 0: CPU workers)")
+
+
+def check_speed_args(args) -> None:
+    """Combinations refused before any work."""
+    if args.backend == "ray":
+        from ..sweep.ray_backend import _import_ray
+
+        _import_ray()
+    elif args.ray_address or args.workers or args.gpus_per_worker:
+        raise UserError("--ray-address, --workers and --gpus-per-worker need --backend ray")
+    if args.halving and args.backend == "ray":
+        raise UserError("--halving runs here: drop --backend ray, or --halving")
+    if (args.prescreen is None) != (args.budget is None):
+        raise UserError("--prescreen ranks the candidates and --budget N keeps the best N: give both")
+
+
+def _absolute(path: str | None) -> str | None:
+    """Workers may run elsewhere: a path that exists here travels as an absolute path."""
+    return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
+
+
+def ray_sweep(args, layout, task: str, data: str | None, run_dir: Path, protocol: str):
+    """The Ray backend, as the job's sweep: the driver evaluates the base row, the workers the rest."""
+    from ..sweep.ray_backend import WorkerSpec, ray_sweep as sweep_on_ray
+
+    def sweep(on_val, pending, on_done):
+        spec = WorkerSpec(model=_absolute(args.model), task=_absolute(task), task_identity=on_val.context["task"],
+                          dtype=args.dtype, device=args.device, revision=args.revision,
+                          module_patterns=args.module_pattern, data=_absolute(data),
+                          split_seed=getattr(args, "split_seed", 0), limit=args.limit, batch_size=args.batch_size,
+                          max_tokens=args.max_tokens, svd=args.svd, seed=args.seed, svd_disk=not args.no_svd_cache,
+                          protocol=protocol, lm_eval_include=_absolute(getattr(args, "lm_eval_include", None)),
+                          metrics=on_val.context["metrics"], gen_tokens=on_val.context["gen_tokens"],
+                          min_new_tokens=on_val.context.get("min_new_tokens", 0),
+                          log=str(Path(run_dir).resolve() / "workers.log"))
+        sweep_on_ray(spec, pending, on_val.store, layout.n_layers, context=on_val.context, workers=args.workers,
+                     gpus_per_worker=args.gpus_per_worker or 0.0, address=args.ray_address, on_done=on_done)
+
+    return sweep
+
+
+def text_job(args, *, loaded, layout, scorer, task, task_arg: str, data: str | None, protocol: str, val, test,
+             metrics, metric: str, run_dir: Path, types, layers, amounts, methods, cache, compose: bool,
+             split_seed: int = 0):
+    """One search over text rows, with the speed options of `args`: the job `laser search -t` runs, and
+    `laser reproduce` once per benchmark."""
+    from .options import task_identity
+    from ..sweep.job import SearchJob, device_type, text_numerics, text_splits
+
+    # With Ray GPU workers the candidates run on CUDA (unless --device cpu), whatever this driver has.
+    ray_gpus = args.backend == "ray" and args.gpus_per_worker and args.device != "cpu"
+    return SearchJob(
+        model=loaded.model, layout=layout, splits=text_splits(scorer, val, test, metrics, task.gen()),
+        metric=metric, run_dir=Path(run_dir), types=types, layers=layers, amounts=amounts, methods=methods,
+        cache=cache, compose=compose,
+        identity={"model": loaded.identity, "task": task_identity(task_arg, data, protocol), "split_seed": split_seed},
+        numerics={"dtype": args.dtype, "svd": cache.label, "device": "cuda" if ray_gpus else device_type(loaded.model),
+                  **text_numerics(metrics, task.gen())},
+        info={"protocol": task.protocol,
+              "args": {"model": args.model, "task": task_arg, "data": data, "limit": args.limit,
+                       "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern,
+                       "protocol": protocol}},
+        sweep=ray_sweep(args, layout, task_arg, data, run_dir, protocol) if args.backend == "ray" else None,
+        halving=args.halving, prescreen=args.prescreen, budget=args.budget)

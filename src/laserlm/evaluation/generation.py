@@ -1,0 +1,210 @@
+"""Greedy generation for gen01 and gen01_paper, at about the cost of scoring.
+
+A search evaluates hundreds of edits on the same rows, and most edits change few of the model's generations. So
+the rows' greedy generation under the model as it was when they were prepared (the base model, in a search) is
+kept as a draft, and each later evaluation verifies it instead of generating afresh, as speculative decoding
+does: one teacher-forced pass over prompt + draft (packed with the scoring requests, prefix-cached by the
+search like any other) gives the greedy token at every draft position. Up to the first position where the
+greedy token differs from the draft, the generation *is* the draft; at that position the greedy token is the
+one the pass computed; only the tokens after it need real decoding, by `model.generate()`, for those rows alone.
+A row whose draft is confirmed to its end (EOS, or the token budget) costs nothing more.
+
+Where the verified logits put two tokens within rounding of each other (a lead under `tolerance`), the pass
+does not decide: `generate()` continues from the last certain token. The generated ids are then those of plain
+`generate()` (greedy, `min_new_tokens`, the model folder's generation config), which the tests check on every
+causal architecture. A generation config with other logits processors (a repetition penalty, say) is not
+verified this way: every evaluation then runs plain `generate()`.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import torch
+
+from .scoring import Request, Scorer, max_positions
+
+# Logits processors a generation config may switch on: any of them makes a greedy token depend on more than the
+# logits, so drafts are not verified (plain generate() every time).
+_PROCESSORS = {"repetition_penalty": (None, 1.0), "no_repeat_ngram_size": (None, 0), "bad_words_ids": (None,),
+               "suppress_tokens": (None,), "begin_suppress_tokens": (None,), "forced_bos_token_id": (None,),
+               "forced_eos_token_id": (None,), "sequence_bias": (None,), "encoder_repetition_penalty": (None, 1.0),
+               "exponential_decay_length_penalty": (None,), "renormalize_logits": (None, False),
+               "min_length": (None, 0)}
+
+
+@dataclass(frozen=True)
+class GenSettings:
+    """max_new: tokens generated per row; min_new: EOS is barred before this many (the authors pass 1)."""
+
+    max_new: int = 10
+    min_new: int = 0
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if eos is None:
+        eos = getattr(tokenizer, "eos_token_id", None)
+    return set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+
+
+def unverifiable(model) -> str | None:
+    """Why drafts cannot be verified for this model (a logits processor in its generation config), or None."""
+    config = getattr(model, "generation_config", None)
+    for name, neutral in _PROCESSORS.items():
+        value = getattr(config, name, None)
+        if value not in neutral:
+            return f"its generation config sets {name}={value!r}"
+    return None
+
+
+def greedy_kwargs(scorer: Scorer, max_new: int, min_new: int) -> dict:
+    """generate()'s arguments: the model folder's generation config, made greedy (a sampled generation would make
+    every candidate's score random), with the protocol's token counts."""
+    return dict(max_new_tokens=max_new, min_new_tokens=min_new, do_sample=False, num_beams=1,
+                pad_token_id=scorer.pad_id, temperature=None, top_p=None, top_k=None)
+
+
+@torch.inference_mode()
+def generate_ids(scorer: Scorer, prefixes: list[list[int]], budgets: list[int], min_new: list[int]) -> list[list[int]]:
+    """Greedy tokens after each prefix (token ids): at most its budget, cut after the first EOS. Batched with left
+    padding: rows of equal min_new together, by length."""
+    model, eos = scorer.model, eos_ids(scorer.model, scorer.tokenizer)
+    out: list[list[int]] = [[] for _ in prefixes]
+    step = scorer.batch_size or 32
+    by_min: dict[int, list[int]] = {}
+    for i in range(len(prefixes)):
+        by_min.setdefault(min_new[i], []).append(i)
+    for least, rows in sorted(by_min.items()):
+        rows.sort(key=lambda i: len(prefixes[i]))
+        for start in range(0, len(rows), step):
+            idx = rows[start:start + step]
+            width = max(len(prefixes[i]) for i in idx)
+            ids = torch.full((len(idx), width), scorer.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, width - len(prefixes[i]):] = torch.tensor(prefixes[i])
+                mask[row, width - len(prefixes[i]):] = 1
+            gen = model.generate(input_ids=ids.to(scorer.device), attention_mask=mask.to(scorer.device),
+                                 **greedy_kwargs(scorer, max(budgets[i] for i in idx), least))
+            for row, i in enumerate(idx):
+                toks = gen[row, width:].tolist()[:budgets[i]]
+                cut = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
+                out[i] = toks[:cut]
+    return out  # type: ignore[return-value]
+
+
+@dataclass
+class Drafts:
+    """The rows' generations when they were prepared, and how the last evaluation used them."""
+
+    prompts: list[list[int]]
+    ids: list[list[int]]
+    settings: GenSettings
+    verified: bool  # False: every evaluation runs plain generate()
+    last: dict = field(default_factory=dict)  # rows confirmed whole / decoded further, in the last evaluation
+
+    @classmethod
+    def make(cls, scorer: Scorer, prompts: list[str], settings: GenSettings) -> "Drafts":
+        ids = [scorer.tokenizer(p)["input_ids"] for p in prompts]
+        why = unverifiable(scorer.model)
+        if why:
+            print(f"laser: generation is not verified against drafts ({why}): each evaluation runs generate()",
+                  file=sys.stderr)
+        drafts = generate_ids(scorer, ids, [settings.max_new] * len(ids), [settings.min_new] * len(ids))
+        return cls(ids, drafts, settings, why is None)
+
+    def head(self, n: int) -> "Drafts":
+        return Drafts(self.prompts[:n], self.ids[:n], self.settings, self.verified)
+
+    def requests(self, scorer: Scorer) -> list[Request]:
+        """One teacher-forced request per row, prompt + draft, asking the greedy token at every draft position."""
+        if not self.verified:
+            return []
+        limit = max_positions(scorer.model)
+        eos = tuple(sorted(eos_ids(scorer.model, scorer.tokenizer)))
+        out = []
+        for i, (prompt, draft) in enumerate(zip(self.prompts, self.ids)):
+            if limit is not None and len(prompt) + self.settings.max_new > limit:
+                continue  # past the context: generate() decides
+            p = len(prompt)
+            out.append(Request(prompt + draft[:-1], [], None, (i, "gen", 0),
+                               [(p - 1 + j, eos if j < self.settings.min_new else ()) for j in range(len(draft))]))
+        return out
+
+    def finish(self, scorer: Scorer, results: dict[int, object]) -> list[list[int]]:
+        """Each row's greedy generation now: the verified part of its draft, and generate() for the rest."""
+        eos = eos_ids(scorer.model, scorer.tokenizer)
+        dtype = next(scorer.model.parameters()).dtype
+        settings, done, tails = self.settings, [], {}
+        results = results if self.verified else {}
+        for i, draft in enumerate(self.ids):
+            res = results.get(i)
+            accepted, complete = ([], False) if res is None else _accept(draft, res, settings, eos, dtype)
+            done.append(accepted)
+            if not complete:
+                tails[i] = accepted
+        if tails:
+            rows = list(tails)
+            more = generate_ids(scorer, [self.prompts[i] + tails[i] for i in rows],
+                                [settings.max_new - len(tails[i]) for i in rows],
+                                [max(0, settings.min_new - len(tails[i])) for i in rows])
+            for i, extra in zip(rows, more):
+                done[i] = tails[i] + extra
+        self.last = {"rows": len(self.ids), "confirmed": len(self.ids) - len(tails), "decoded": len(tails)}
+        return done
+
+
+def tolerance(value: float, dtype: torch.dtype) -> float:
+    """A lead smaller than this may be rounding: the teacher-forced pass and generate()'s cached decoding sum in
+    other orders."""
+    return max(1e-3, 8 * torch.finfo(dtype).eps * abs(value))
+
+
+def _accept(draft: list[int], res, settings: GenSettings, eos: set[int], dtype) -> tuple[list[int], bool]:
+    """(tokens certain now, whether the generation is complete), from the greedy picks along the draft."""
+    for j, (token, (value, lead)) in enumerate(zip(res.argmax, res.margins)):
+        if lead < tolerance(value, dtype):
+            return draft[:j], False
+        if token != draft[j]:
+            accepted = draft[:j] + [token]
+            return accepted, token in eos or len(accepted) >= settings.max_new
+    return list(draft), True
+
+
+def decode_records(tokenizer, examples, prompts: list[list[int]], generated: list[list[int]], records: list[dict]):
+    """gen01: an answer occurs in the generated text (case-insensitive); gen01_paper: in the prompt and the generation
+    decoded together, as the authors did (src/intervention_gptj_bbh_qa.py:101-121: an answer found in the prompt
+    counts)."""
+    for ex, prompt, gen, rec in zip(examples, prompts, generated, records):
+        text = tokenizer.decode(gen, skip_special_tokens=True)
+        whole = tokenizer.decode(prompt + gen, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        rec.update(generation=text, generation_ids=gen, gen01=hit(ex.answers, text), gen01_paper=hit(ex.answers, whole))
+
+
+def hit(answers: list[str], text: str) -> bool:
+    return any(a.strip().lower() in text.strip().lower() for a in answers)
+
+
+FILL_MASKS = 5  # src/intervention_roberta_hotpot.py:61 and _bbh.py:61: "{question} <mask> <mask> <mask> <mask> <mask>"
+
+
+@torch.inference_mode()
+def fill_masks_records(scorer: Scorer, examples, records: list[dict]) -> None:
+    """A masked LM's generation, as the authors' RoBERTa scripts make it: FILL_MASKS masks after the prompt, the
+    argmax at each decoded together. Nothing of the prompt is decoded, so gen01_paper is gen01."""
+    tok = scorer.tokenizer
+    max_len = max_positions(scorer.model)
+    requests = []
+    for i, ex in enumerate(examples):
+        ids = tok(ex.prompt + (" " + tok.mask_token) * FILL_MASKS)["input_ids"]
+        masks = [p for p, t in enumerate(ids) if t == tok.mask_token_id][-FILL_MASKS:]
+        if max_len is not None and len(ids) > max_len:  # the prompt loses its start, its first token kept
+            drop = len(ids) - max_len
+            ids, masks = ids[:1] + ids[1 + drop:], [p - drop for p in masks]
+        requests.append(Request(ids, [], None, (i,), [(p, ()) for p in masks]))
+    for i, res in enumerate(scorer.run(requests)):
+        text = tok.decode(res.argmax)
+        records[i]["generation"] = text
+        records[i]["gen01"] = records[i]["gen01_paper"] = hit(examples[i].answers, text)

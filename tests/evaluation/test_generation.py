@@ -1,0 +1,127 @@
+"""Generation metrics verify the prepared rows' draft generation instead of generating afresh: the generated ids
+must be those of plain `model.generate()` (greedy, min_new_tokens), on every causal architecture and the demo,
+through plain evaluation and through the search's prefix walk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from laserlm import get_layout
+from laserlm.core.edits import edited
+from laserlm.core.svd import SVDCache
+from laserlm.evaluation.evaluate import Prepared
+from laserlm.evaluation.generation import GenSettings, eos_ids, unverifiable
+from laserlm.evaluation.metrics import choose_metrics
+from laserlm.evaluation.scoring import Scorer
+from laserlm.evaluation.tasks import Example
+from laserlm.sweep.store import ResultStore
+from laserlm.sweep.sweeper import Sweeper, grid
+
+from conftest import ARCHS, MLM, build_tiny, cloze_rows, needs_demo, tiny_tokenizer
+
+CAUSAL = [a for a in ARCHS if a not in MLM]
+GEN = choose_metrics("cloze", ["gen01", "gen01_paper", "top1"], False)
+
+
+def _rows(n: int = 24, seed: int = 5) -> list[Example]:
+    return [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(n, seed)]
+
+
+def plain_generate(model, tok, prompt: str, settings: GenSettings) -> list[int]:
+    """One row at a time, as the authors' scripts generate: greedy, cut after the first EOS."""
+    ids = torch.tensor([tok(prompt)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=settings.max_new, min_new_tokens=settings.min_new, do_sample=False,
+                             num_beams=1, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
+    eos = eos_ids(model, tok)
+    cut = next((k + 1 for k, t in enumerate(out) if t in eos), len(out))
+    return out[:cut]
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_verified_drafts_give_plain_generate_ids_under_an_edit(arch):
+    model, tok = build_tiny(arch), tiny_tokenizer()
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("the")  # a common word ends some rows early
+    settings = GenSettings(8, 1)
+    rows = _rows()
+    prepared = Prepared(Scorer(model, tok), rows, GEN, settings)  # drafts: the base model's generation
+    assert [tuple(d) for d in prepared.drafts.ids] == [tuple(plain_generate(model, tok, r.prompt, settings))
+                                                         for r in rows]
+    for edit in (["mlp_in:1:0.1"], ["mlp:all:k=1", "attn_o:all:k=1"]):
+        with edited(model, edit, svd_cache=SVDCache(disk=None)):
+            got = prepared.score().records
+            want = [plain_generate(model, tok, r.prompt, settings) for r in rows]
+        assert [r["generation_ids"] for r in got] == want, edit
+        assert [r["generation"] for r in got] == [tok.decode(w, skip_special_tokens=True) for w in want]
+        assert prepared.drafts.last["confirmed"] + prepared.drafts.last["decoded"] == len(rows)
+    # A wrong draft costs decoding, never correctness: every other row's draft goes astray after two tokens.
+    for i in range(0, len(rows), 2):
+        d = prepared.drafts.ids[i]
+        prepared.drafts.ids[i] = d[:2] + [(t + 1) % 97 for t in d[2:]] if len(d) > 2 else [(d[0] + 1) % 97]
+    with edited(model, ["mlp_in:1:0.1"], svd_cache=SVDCache(disk=None)):
+        got = [r["generation_ids"] for r in prepared.score().records]
+        assert got == [plain_generate(model, tok, r.prompt, settings) for r in rows]
+    assert prepared.drafts.last["decoded"] >= len(rows) // 2
+
+
+def test_eos_is_barred_before_min_new_tokens():
+    model, tok = build_tiny("llama"), tiny_tokenizer()
+    rows = _rows(12)
+    first = [plain_generate(model, tok, r.prompt, GenSettings(1, 0))[0] for r in rows]
+    model.generation_config.eos_token_id = first[0]  # row 0's greedy first token is now EOS
+    for least in (0, 1):
+        settings = GenSettings(4, least)
+        got = Prepared(Scorer(model, tok), rows, GEN, settings).score().records[0]["generation_ids"]
+        assert got == plain_generate(model, tok, rows[0].prompt, settings)
+        assert (got == [first[0]]) == (least == 0)
+
+
+def test_a_repetition_penalty_turns_verification_off_and_generate_decides():
+    model, tok = build_tiny("llama"), tiny_tokenizer()
+    model.generation_config.repetition_penalty = 1.3
+    assert "repetition_penalty" in unverifiable(model)
+    settings, rows = GenSettings(6, 1), _rows(8)
+    prepared = Prepared(Scorer(model, tok), rows, GEN, settings)
+    assert not any(q.key[1] == "gen" for q in prepared.requests)
+    with edited(model, ["mlp_in:1:0.1"], svd_cache=SVDCache(disk=None)):
+        got = [r["generation_ids"] for r in prepared.score().records]
+        assert got == [plain_generate(model, tok, r.prompt, settings) for r in rows]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gptj"])
+def test_the_prefix_walk_generates_what_plain_evaluation_does(arch):
+    model, tok = build_tiny(arch), tiny_tokenizer()
+    layout, cache = get_layout(model), SVDCache(disk=None)
+    prepared = Prepared(Scorer(model, tok, max_tokens=96), _rows(30), GEN, GenSettings(6, 1))
+    assert len(prepared.batches) > 1
+    sweeper = Sweeper(model, layout, prepared, ResultStore(None), {"m": arch}, "val", cache)
+    cands = grid(["mlp_in", "mlp_out", "attn_o"], [0, 2], [0.5, 0.1], ["svd"])
+    sweeper.sweep(cands)
+    plain = Prepared(Scorer(model, tok), _rows(30), GEN, GenSettings(6, 1))
+    for c in [None] + cands:
+        with edited(model, [c] if c else [], svd_cache=cache):
+            want = plain.score().metrics
+        got = sweeper.done([c] if c else [])["metrics"]
+        assert got == pytest.approx(want, abs=1e-5), c
+
+
+@needs_demo
+def test_the_demo_generates_what_generate_does_under_an_edit():
+    from laserlm import load_model
+    from laserlm.evaluation.generation import generate_ids
+    from laserlm.evaluation.tasks import load_task
+
+    loaded = load_model("demo", device="cpu")
+    task = load_task("bb_wikidata")
+    rows = task.select("val", 0, 40)
+    settings = task.gen()
+    assert settings == GenSettings(10, 1)
+    scorer = Scorer(loaded.model, loaded.tokenizer)
+    prepared = Prepared(scorer, rows, GEN, settings)
+    with edited(loaded.model, ["mlp_in:28:0.01"]):
+        got = [r["generation_ids"] for r in prepared.score().records]
+        prompts = [loaded.tokenizer(r.prompt)["input_ids"] for r in rows]
+        want = generate_ids(scorer, prompts, [10] * len(rows), [1] * len(rows))
+    assert got == want
+    assert prepared.drafts.last["decoded"] > 0 and prepared.drafts.last["confirmed"] > 0
