@@ -6,7 +6,7 @@ level, see sokoban/generator.py), the rules are gym-sokoban's (sokoban/env.py, a
 each training level's optimal episode comes from a breadth-first search (sokoban/solver.py), replayed in the
 environment as a check. So training needs no download and no RL.
 
-    python examples/decision_transformer.py -o runs/dt-sokoban        # levels, training, search: about an hour
+    python examples/decision_transformer.py -o runs/dt-sokoban        # levels, training, search: 1-2 hours
     python examples/decision_transformer.py --quick -o /tmp/dt-quick   # seconds: the test suite's run
 
 The model is transformers' DecisionTransformerModel (GPT-2 blocks) with discrete actions; val and test are
@@ -105,7 +105,7 @@ def build_model(state_dim: int, quick: bool):
     from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
     torch.manual_seed(0)
-    size = dict(hidden_size=32, n_layer=2, n_head=2) if quick else dict(hidden_size=128, n_layer=6, n_head=4)
+    size = dict(hidden_size=32, n_layer=2, n_head=2) if quick else dict(hidden_size=64, n_layer=6, n_head=4)
     config = DecisionTransformerConfig(state_dim=state_dim, act_dim=N_ACTIONS, max_ep_len=MAX_STEPS + 1,
                                        action_tanh=False, n_positions=3 * CONTEXT, resid_pdrop=0.1, embd_pdrop=0.1,
                                        bos_token_id=None, eos_token_id=None, **size)
@@ -235,8 +235,8 @@ def make_objective(model_levels: dict, target_return: float, name: str, max_step
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--boxes", type=int, default=2, help="boxes per level (default 2)")
-    p.add_argument("--levels", type=int, default=2000, help="training levels, one optimal episode each (default 2000)")
-    p.add_argument("--steps", type=int, default=4000, help="training steps of 64 windows (default 4000)")
+    p.add_argument("--levels", type=int, default=10000, help="training levels, one optimal episode each (default 10000)")
+    p.add_argument("--steps", type=int, default=20000, help="training steps of 64 windows (default 20000)")
     p.add_argument("--layers", default="all", help="layers to search (default all)")
     p.add_argument("--workers", type=int, default=2, help="processes generating levels (default 2)")
     p.add_argument("--quick", action="store_true", help="a tiny model, 1-box levels, 100 steps, 2 rhos: seconds")

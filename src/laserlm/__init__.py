@@ -4,7 +4,8 @@ from ._version import __version__
 from .api import search
 from .core.edits import Edit, apply_edits, edited, parse_edit, plan, resolve_edits
 from .core.layout import Layout, Target, get_layout
-from .core.methods import METHODS, rank_for, register_method
+from .core.methods import METHODS, register_method
+from .core.ranks import rank_for
 from .core.svd import SVDCache, default_cache
 from .errors import UserError
 from .models.loading import Loaded, load_model

@@ -8,6 +8,10 @@ class UserError(Exception):
     """
 
 
+class HubUnavailable(UserError):
+    """A built-in task's data could not be had from the hub; the command says how to give a local copy."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type if it has none): libraries' errors inside ours."""
     text = str(error).strip()

@@ -120,7 +120,7 @@ def test_randomized_mode_takes_the_exact_spectrum_outside_top_k():
 
 
 def test_authors_mode_makes_their_svd_lowrank_call_bit_for_bit():
-    from laserlm.core.methods import authors_rank
+    from laserlm.core.ranks import authors_rank
 
     w = torch.randn(48, 40, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     torch.manual_seed(123)
@@ -145,7 +145,7 @@ def test_authors_mode_makes_their_svd_lowrank_call_bit_for_bit():
 
 def test_the_authors_rank_rule_is_one_less_where_rho_times_min_is_whole():
     from laserlm import UserError
-    from laserlm.core.methods import authors_rank, rank_for
+    from laserlm.core.ranks import authors_rank, rank_for
 
     assert authors_rank(0.01, (1000, 4000)) == 9 and rank_for(0.01, (1000, 4000)) == 10  # 9.99999... -> 9
     assert authors_rank(0.01, (4096, 11008)) == rank_for(0.01, (4096, 11008)) == 40

@@ -136,7 +136,7 @@ def test_every_builtin_has_both_protocols():
         assert "logloss" in paper.metrics
     assert PROTOCOLS["bb_wikidata"]["paper"].primary == "gen01_paper"
     assert PROTOCOLS["bb_wikidata"]["laserlm"].primary == "gen01"
-    with pytest.raises(Exception, match="unknown --protocol"):
+    with pytest.raises(Exception, match="unknown protocol"):
         get_protocol("fever", "mine")
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import transformers as tf
 
-from laserlm import load_model
+from laserlm import UserError, load_model
 from laserlm.core.edits import edited
 from laserlm.core.layout import get_layout
 from laserlm.models.export import export
@@ -71,3 +72,34 @@ def test_factorized_skips_matrices_where_factors_are_not_smaller(tmp_path):
     recipe = export(Loaded(model, None, "tiny", "folder"), ["mlp_in:0:1.0", "mlp_out:0:k=2"], tmp_path / "f",
                     factorized=True)
     assert list(recipe["factorized"]) == ["model.layers.0.mlp.down_proj"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_clustered_edits_export_dense_and_as_groups_of_factors(tmp_path, arch):
+    from safetensors.torch import load_file
+
+    from laserlm.models.factorized import ClusteredLowRankLinear
+
+    edits = ["cluster4/mlp_in:all:0.1", "mlp_out:1:0.1"]
+    x = tiny_batch(arch)
+    model = build_tiny(arch)
+    with edited(model, edits):
+        expected = model(**x).logits
+    export(Loaded(build_tiny(arch), None, "tiny", "folder"), edits, tmp_path / "dense")
+    assert torch.equal(_plain_loader(arch).from_pretrained(tmp_path / "dense").eval()(**x).logits, expected)
+    recipe = export(Loaded(build_tiny(arch), None, "tiny", "folder"), edits, tmp_path / "fact", factorized=True)
+    clustered = {n: i for n, i in recipe["factorized"].items() if "clusters" in i}
+    assert len(clustered) == 3 and all(len(i["clusters"]) == 4 and sum(i["clusters"]) == i["shape"][0]
+                                       for i in clustered.values())
+    factors = load_file(tmp_path / "fact" / "laser_factors.safetensors")
+    name = next(iter(clustered))
+    assert {k for k in factors if k.startswith(name + ".")} == {f"{name}.{p}.{j}" for p in ("down", "up")
+                                                               for j in range(4)} | {f"{name}.order"}
+    loaded = load_model(str(tmp_path / "fact"))
+    modules = [m for m in loaded.model.modules() if isinstance(m, ClusteredLowRankLinear)]
+    assert len(modules) == 3
+    torch.testing.assert_close(loaded.model(**x).logits, expected, atol=1e-4, rtol=1e-4)
+    assert _folder_size(tmp_path / "fact") < _folder_size(tmp_path / "dense")
+    with pytest.raises(UserError, match="clustered factors"):
+        with edited(loaded.model, ["mlp_in:0:0.5"]):
+            pass

@@ -9,14 +9,15 @@ import math
 import pytest
 import torch
 
-from laserlm import Edit, get_layout
+from laserlm import Edit, edited, get_layout
 from laserlm.cli.main import main
-from laserlm.core.methods import mp_threshold, rank_for
+from laserlm.core.methods import mp_threshold
+from laserlm.core.ranks import rank_for
 from laserlm.core.svd import SVDCache
 from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import Example
-from laserlm.sweep.prescreen import prescreen
+from laserlm.sweep.prescreen import prescreen, shortlist
 
 from conftest import build_tiny, cloze_rows, tiny_tokenizer
 
@@ -37,14 +38,19 @@ def test_grad_score_is_the_directional_derivative_of_the_loss():
     rows = [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(32, seed=5)]
     prepared = Prepared(Scorer(model, tiny_tokenizer(), max_tokens=256), rows)
     layout, cache = get_layout(model), SVDCache(disk=None)
-    cands = [Edit("svd", "mlp_in", 1, 0.5), Edit("svd", "attn_o", 2, "k=3"), Edit("prune", "mlp_out", 0, 0.5)]
+    cands = [Edit("svd", "mlp_in", 1, 0.5), Edit("svd", "attn_o", 2, "k=3"), Edit("prune", "mlp_out", 0, 0.5),
+             Edit("cluster2", "mlp_in", 2, 0.25)]
     ranked = dict(prescreen("grad", layout, cache, cands, prepared))
-    assert ranked[cands[2]] is None  # prune is no truncation: unranked, last
-    for c in cands[:2]:
+    for c in cands:
         w = layout.target(c.type, c.layer).weight
-        U, S, Vh = torch.linalg.svd(w.detach(), full_matrices=False)
-        k = rank_for(c.amount, layout.target(c.type, c.layer).shape)
-        direction = (U[:, :k] * S[:k]) @ Vh[:k] - w.detach()  # W_k - W
+        if c.method == "svd":
+            U, S, Vh = torch.linalg.svd(w.detach(), full_matrices=False)
+            k = rank_for(c.amount, layout.target(c.type, c.layer).shape)
+            direction = (U[:, :k] * S[:k]) @ Vh[:k] - w.detach()  # W_k - W
+        else:  # any other edit: along W' - W
+            with edited(model, [c], svd_cache=SVDCache(disk=None)):
+                direction = w.detach().clone()
+            direction -= w.detach()
         t, original = 1e-2, w.detach().clone()  # some of the forward runs in float32 (rotary tables)
         with torch.no_grad():
             w.copy_(original + t * direction)
@@ -94,3 +100,22 @@ def test_budget_evaluates_exactly_the_best_ranked(tiny_with_tokenizer, tmp_path,
     capsys.readouterr()
     assert main(argv[:-6] + ["--budget", "4", "-o", str(out)]) == 2
     assert "give both" in capsys.readouterr().err
+
+
+def test_grad_matrix_ranks_matrices_and_keeps_all_their_candidates():
+    model = build_tiny("llama")
+    rows = [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(32, seed=5)]
+    prepared = Prepared(Scorer(model, tiny_tokenizer(), max_tokens=256), rows)
+    layout, cache = get_layout(model), SVDCache(disk=None)
+    cands = [Edit(m, t, layer, a) for t in ("mlp_in", "mlp_out") for layer in range(3) for a in (0.5, 0.1)
+             for m in ("svd", "cluster2")]
+    single = dict(prescreen("grad", layout, cache, cands, prepared))
+    ranked = prescreen("grad-matrix", layout, cache, cands, prepared)
+    assert dict(ranked) == pytest.approx(single)  # the same scores, grouped by matrix
+    best = {}
+    for c, score in single.items():
+        best[(c.type, c.layer)] = max(score, best.get((c.type, c.layer), -math.inf))
+    top2 = sorted(best, key=lambda m: -best[m])[:2]
+    kept = shortlist(ranked, "grad-matrix", 2)
+    assert {(c.type, c.layer) for c in kept} == set(top2) and len(kept) == 2 * 4
+    assert shortlist(ranked, "grad", 3) == [c for c, _ in ranked[:3]]

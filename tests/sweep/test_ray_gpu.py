@@ -56,7 +56,7 @@ def test_more_gpus_per_worker_than_the_cluster_has_is_refused_at_once(one_gpu_cl
     out = tmp_path / "run"
     assert main(_argv(tiny_with_tokenizer, task, out, "--gpus-per-worker", "2", "--device", "auto")) == 2
     err = _error_line(capsys)
-    assert "--gpus-per-worker 2 but the Ray cluster has 1 GPU(s)" in err
+    assert "each Ray worker asks for 2 GPU(s) but the Ray cluster has 1" in err
     assert len((out / "results.jsonl").read_text().splitlines()) == 1  # refused before any actor: the base row only
     assert not (out / "workers.log").exists()
 

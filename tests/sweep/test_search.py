@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import transformers as tf
 
 from laserlm import get_layout
 from laserlm.cli.main import main
@@ -14,7 +15,7 @@ from laserlm.evaluation.scoring import Scorer
 from laserlm.sweep.sweeper import Sweeper, best_row, compose, grid
 from laserlm.sweep.store import ResultStore
 from laserlm.core.svd import SVDCache
-from laserlm.evaluation.tasks import Example
+from laserlm.evaluation.tasks import Example, load_task
 
 from conftest import ARCHS, MLM, build_tiny, cloze_rows, kill_when, tiny_tokenizer
 
@@ -169,3 +170,19 @@ def test_layers_split_into_contiguous_chunks_of_equal_cost():
         assert all(sum(cost[x] for x in c) <= sum(cost.values()) / n + max(cost.values()) for c in chunks)
     assert contiguous_chunks([5], {5: 1.0}, 4) == [[5]]
     assert len(contiguous_chunks(layers, cost, 20)) == len(layers)
+
+
+def test_a_search_sweeps_clustered_methods_like_any_other(tiny_with_tokenizer, task_file, tmp_path):
+    out = tmp_path / "methods"
+    assert main(["search", str(tiny_with_tokenizer), "-t", str(task_file), "--layers", "1-2", "--rhos", "0.5,0.25",
+                 "--methods", "svd,cluster2,cluster4", "--limit", "60", "--no-svd-cache", "-o", str(out)]) == 0
+    rows = _rows(out / "results.jsonl")
+    methods = sorted({r["edits"][0]["method"] for r in rows if r["edits"]})
+    assert methods == ["cluster2", "cluster4", "svd"] and len(rows) == 1 + 3 * 2 * 2 * 2
+    model = tf.AutoModelForCausalLM.from_pretrained(tiny_with_tokenizer)
+    prepared = Prepared(Scorer(model, tiny_tokenizer()), load_task(str(task_file)).select("val", 0, 60))
+    for r in rows[1:4]:  # prefix-cached clustered rows equal plain full forwards
+        with edited(model, [Edit.from_json(r["edits"][0])], svd_cache=SVDCache(disk=None)):
+            assert prepared.score().metrics["logloss"] == pytest.approx(r["metrics"]["logloss"], abs=1e-6)
+    report = (out / "report.md").read_text()
+    assert "## Methods (best candidate of each, val)" in report and "| cluster4 | 8 |" in report

@@ -10,7 +10,7 @@ import torch
 
 from ..core.edits import Edit, edited
 from ..evaluation.evaluate import Prepared
-from ..core.methods import rank_for
+from ..core.ranks import rank_for
 
 # Words the paper found the base model falls back to on facts LASER corrects ("the", "of", ...).
 GENERIC_WORDS = frozenset(

@@ -100,6 +100,7 @@ def write_report(run_dir: str | Path) -> Path:
     for r in singles[:10] + ([base] if base else []):
         label = f"`{Edit.from_json(r['edits'][0])}`" if r["edits"] else "base"
         lines.append(f"| {label} | {' | '.join(_fmt(r['metrics'].get(m)) for m in cols)} | {r['n']} |")
+    lines += _methods_section(singles, cols, metric, lower)
     lines += _halving_section(run_dir, metric, lower) + _prescreen_section(run_dir, rows)
     lines += ["", "## Grid", ""]
     for key in ("types", "layers", "amounts", "methods"):
@@ -116,6 +117,23 @@ def write_report(run_dir: str | Path) -> Path:
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _methods_section(singles: list[dict], cols: list[str], metric: str, lower: bool) -> list[str]:
+    """With several methods swept (svd, cluster4, prune, ...): each one's best candidate on val."""
+    by_method: dict[str, list[dict]] = {}
+    for r in singles:
+        by_method.setdefault(r["edits"][0]["method"], []).append(r)
+    if len(by_method) < 2:
+        return []
+    lines = ["", "## Methods (best candidate of each, val)", "",
+             f"| method | candidates | best | {' | '.join(cols)} |", "|---|---|---|" + "---|" * len(cols)]
+    for method, rows in sorted(by_method.items(), key=lambda kv: rank_key(kv[1][0]["metrics"], metric, lower),
+                               reverse=True):
+        best = rows[0]  # singles come best first
+        lines.append(f"| {method} | {len(rows)} | `{Edit.from_json(best['edits'][0])}` | "
+                     f"{' | '.join(_fmt(best['metrics'].get(m)) for m in cols)} |")
+    return lines
 
 
 def _halving_section(run_dir: Path, metric: str, lower: bool) -> list[str]:

@@ -16,13 +16,19 @@ def add_speed_args(p) -> None:
                         "the best 1/ETA (default 3), double the rows, repeat until the survivors have seen all "
                         "of val (their rows go to results.jsonl, partial scores to halving.jsonl). Several "
                         "times faster; the risk: a candidate weak on the first slice is never seen on all of val")
-    p.add_argument("--prescreen", choices=["mp", "snr", "grad"],
+    p.add_argument("--prescreen", choices=["mp", "snr", "grad", "grad-matrix"],
                    help="rank the candidates before any evaluation, for --budget: mp (share of the removed energy "
                         "under the Marchenko-Pastur edge), snr (matrices by signal-to-noise ratio, lowest first), "
-                        "grad (first-order change of the val loss from one backward pass on 32 val rows)")
+                        "grad (first-order change of the val loss from one backward pass on --grad-rows val rows; "
+                        "any method, clustered ones included), grad-matrix (matrices ranked by the gradient of their "
+                        "singular values, the follow-up paper's selection: --budget counts matrices, and every "
+                        "candidate of the best ones is evaluated)")
     p.add_argument("--budget", type=positive_int, metavar="N",
-                   help="with --prescreen: evaluate only the N best-ranked candidates (prescreen.json keeps the "
-                        "ranking). The risk: the best edit may be among those never evaluated")
+                   help="with --prescreen: evaluate only the N best-ranked candidates, or with grad-matrix the "
+                        "candidates of the N best matrices (prescreen.json keeps the ranking). The risk: the best "
+                        "edit may be among those never evaluated")
+    p.add_argument("--grad-rows", type=positive_int, default=32, metavar="N",
+                   help="val rows of --prescreen grad/grad-matrix's backward pass (default 32; the follow-up uses 100)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: this process. ray: candidates grouped by layer on Ray actors (pip install "
                         "'laserlm[ray]'); the cluster at --ray-address or $RAY_ADDRESS, else a local Ray")
@@ -93,4 +99,4 @@ def text_job(args, *, loaded, layout, scorer, task, task_arg: str, data: str | N
                        "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern,
                        "protocol": protocol}},
         sweep=ray_sweep(args, layout, task_arg, data, run_dir, protocol) if args.backend == "ray" else None,
-        halving=args.halving, prescreen=args.prescreen, budget=args.budget)
+        halving=args.halving, prescreen=args.prescreen, budget=args.budget, grad_rows=args.grad_rows)

@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 from ..errors import UserError
-from . import analyze, apply, evaluate, info, report, reproduce, search
+from . import analyze, apply, compress, evaluate, info, report, reproduce, search
 from .options import Parser, formatter
 
 # name: (module, summary). Each module has register(parser) and EXAMPLE.
@@ -22,6 +22,8 @@ COMMANDS = {
                "Sweep (type, layer, rho) on val, pick the best, report val and test."),
     "reproduce": (reproduce, reproduce.register_reproduce,
                   "The paper's protocol on each benchmark: a search each, and table1.md."),
+    "compress": (compress, compress.register_compress,
+                 "Stack reductions over many matrices while the val metric holds; write the factorized model."),
     "report": (report, report.register_report, "Regenerate report.md and plots of a search from its run folder."),
     "analyze": (analyze, analyze.register_analyze, "The paper's analyses: spectrum, perplexity, components."),
 }

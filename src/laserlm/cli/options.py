@@ -207,9 +207,13 @@ def lm_eval_include(args) -> str | None:
 
 
 def task_from_args(args):
+    from ..errors import HubUnavailable
     from ..evaluation.tasks import load_task
 
-    return load_task(args.task, args.data, args.protocol, lm_eval_include(args))
+    try:
+        return load_task(args.task, args.data, args.protocol, lm_eval_include(args))
+    except HubUnavailable as e:
+        raise UserError(f"{e}: pass --data PATH, a local copy in the hub schema") from None
 
 
 def fit_task(task, tokenizer) -> None:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import HubUnavailable, UserError
 from .jobs import add_speed_args, check_speed_args, text_job
 from .options import (add_batch_args, add_model_args, add_svd_args, fit_task, load_from_args, output_dir, parse_amounts,
                       positive_int, scorer_for, svd_cache_from_args, task_metrics)
@@ -80,9 +80,9 @@ def run_reproduce(args) -> int:
         data = _data_file(args.data_dir, name)
         try:
             task = load_task(name, data, "paper")
-        except UserError as e:  # a hub benchmark without its data: the others still run
-            skipped[name] = str(e)
-            print(f"laser: {name} skipped: {e}", file=sys.stderr)
+        except HubUnavailable as e:  # a hub benchmark without its data: the others still run
+            skipped[name] = f"{e}: put {name}.jsonl, a local copy in the hub schema, in --data-dir"
+            print(f"laser: {name} skipped: {skipped[name]}", file=sys.stderr)
             continue
         fit_task(task, loaded.tokenizer)
         val = task.select("val", 0, args.limit)

@@ -26,7 +26,7 @@ def _objective_search(args) -> int:
                                       ("--data", args.data), ("--lm-eval-include", args.lm_eval_include))
              if value is not None] + (["--backend ray"] if args.backend == "ray" else [])
     given += ["--halving"] if args.halving else []
-    given += ["--prescreen grad"] if args.prescreen == "grad" else []
+    given += [f"--prescreen {args.prescreen}"] if args.prescreen in ("grad", "grad-matrix") else []
     if given:
         raise UserError(f"{', '.join(given)} belong to -t TASK: an --objective chooses its own rows and runs here")
     objective = load_attr(args.objective, "--objective")

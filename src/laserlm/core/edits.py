@@ -10,9 +10,10 @@ from typing import Iterable, Iterator, Union
 import torch
 from torch import nn
 
-from .layout import Layout, Target, get_layout, is_matrix_module
+from .layout import Conv1D, Layout, Target, get_layout, is_matrix_module
 from ..errors import UserError
-from .methods import get_method, rank_for, Reduced
+from .methods import get_method, Reduced
+from .ranks import rank_for
 from .svd import SVDCache, default_cache
 
 Amount = Union[float, str, None]  # rho, "k=K", or None for methods that take no amount
@@ -144,6 +145,12 @@ class Step:
     def reduce(self, cache: SVDCache) -> Reduced:
         method = get_method(self.edit.method)
         weight = self.target.weight
+        if method.clusters:  # groups of output features: the rows of out x in, the columns of a Conv1D's in x out
+            conv = isinstance(self.target.module, Conv1D)
+            groups = cache.clusters(weight, method.clusters, self.edit.amount, transpose=conv)
+            reduced = method.fn(weight.T if conv else weight, self.edit.amount, groups)
+            reduced.transposed = conv
+            return reduced
         arg = self.k if method.amount == "rank" else self.edit.amount
         # Only top-k methods may take a randomized SVD; the others read the whole spectrum.
         svd = cache.get(weight, self.k if method.top_only else None) if method.needs_svd else None
@@ -162,7 +169,10 @@ def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = No
             raise UserError(f"{edit} names {target.name}, which is not a Linear/Conv1D matrix")
         if target.weight.device.type == "meta":
             raise UserError(f"{edit} names {target.name}, which the device map offloads (its weight is on the meta "
-                            "device): give --device-map more GPU or CPU memory so the layers you edit stay resident")
+                            "device): give the device map more GPU or CPU memory so the layers you edit stay resident")
+        if getattr(target.module, "is_clustered", False):
+            raise UserError(f"{edit} names {target.name}, stored as clustered factors: edit the dense model instead "
+                            "(laser apply without --factorized)")
         if target.name in seen:
             raise UserError(f"edits {seen[target.name]} and {edit} both change {target.name}: keep one")
         seen[target.name] = edit

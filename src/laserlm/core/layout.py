@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - transformers is a hard dependency
 
 def is_matrix_module(module: nn.Module) -> bool:
     """A module whose `weight` is one 2-D matrix we know how to edit."""
-    return isinstance(module, (nn.Linear, Conv1D)) or getattr(module, "is_low_rank", False)
+    return isinstance(module, (nn.Linear, Conv1D)) or getattr(module, "is_factored", False)
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Target:
     @property
     def shape(self) -> tuple[int, int]:
         """The shape as (out_features, in_features), whatever the storage layout."""
-        if getattr(self.module, "is_low_rank", False):
+        if getattr(self.module, "is_factored", False):
             return (self.module.out_features, self.module.in_features)
         w = self.module.weight
         return (w.shape[1], w.shape[0]) if isinstance(self.module, Conv1D) else tuple(w.shape)
@@ -152,7 +152,7 @@ def _discover(model: nn.Module, model_type: str, modules: dict) -> Layout:
     if best is None:
         raise UserError(
             f"cannot find the transformer blocks of this {model_type} model: "
-            "address its matrices with --module-pattern 'path.{layer}.to.linear'"
+            "address its matrices by module-name patterns, e.g. laser search --module-pattern 'path.{layer}.to.linear'"
         )
     block0 = modules[best][0]
     patterns = {
@@ -172,18 +172,18 @@ def _from_patterns(model: nn.Module, model_type: str, specs: list[str], modules:
     for spec in specs:
         type_, _, pattern = spec.rpartition("=")
         if "{layer}" not in pattern:
-            raise UserError(f"--module-pattern {spec!r} has no '{{layer}}' placeholder, e.g. 'blocks.{{layer}}.mlp.fc1'")
+            raise UserError(f"module pattern {spec!r} has no '{{layer}}' placeholder, e.g. 'blocks.{{layer}}.mlp.fc1'")
         others = [m.group(0) for m in re.finditer(r"\{[^}]*\}?", pattern) if m.group(0) != "{layer}"]
         if others or pattern.replace("{layer}", "").count("}"):
             bad = others[0] if others else "}"
-            raise UserError(f"--module-pattern {spec!r} has {bad!r}: the only placeholder is {{layer}}, "
+            raise UserError(f"module pattern {spec!r} has {bad!r}: the only placeholder is {{layer}}, "
                             "e.g. 'blocks.{layer}.mlp.fc1'")
         type_ = type_ or pattern.rsplit(".", 1)[-1]
         regex = re.compile(re.escape(pattern).replace(re.escape("{layer}"), r"(\d+)") + "$")
         layers = [int(m.group(1)) for name in modules if (m := regex.match(name))]
         layers = [i for i in layers if is_matrix_module(modules[pattern.format(layer=i)])]
         if not layers:
-            raise UserError(f"--module-pattern {spec!r} matches no Linear/Conv1D module of this model")
+            raise UserError(f"module pattern {spec!r} matches no Linear/Conv1D module of this model")
         patterns[type_] = pattern
         n_layers = max(n_layers, max(layers) + 1)
     return Layout(model, model_type, patterns, n_layers, "pattern", modules)

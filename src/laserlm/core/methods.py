@@ -8,6 +8,7 @@ so `laser apply --factorized` can store them as they are.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -20,15 +21,31 @@ from .svd import SVD
 
 @dataclass
 class Reduced:
-    """The replacement of one matrix: W' = left @ right, or a dense matrix."""
+    """The replacement of one matrix: W' = left @ right, a dense matrix, or (clustered methods) row groups, each
+    left_j @ right_j, in the out x in orientation (`transposed`: the stored matrix is in x out, GPT-2's Conv1D)."""
 
     left: torch.Tensor | None = None
     right: torch.Tensor | None = None
     dense: torch.Tensor | None = None
     rank: int | None = None
+    blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # (row indices, left, right)
+    transposed: bool = False
 
     def matrix(self) -> torch.Tensor:
+        if self.blocks is not None:
+            rows, first = sum(len(i) for i, _, _ in self.blocks), self.blocks[0]
+            out = torch.zeros(rows, first[2].shape[1], dtype=first[1].dtype, device=first[1].device)
+            for idx, left, right in self.blocks:
+                out[idx] = left @ right
+            return out.T if self.transposed else out
         return self.dense if self.dense is not None else self.left @ self.right
+
+    @property
+    def parameters(self) -> int | None:
+        """Numbers in the factored form: k(m + n), or the sum over groups."""
+        if self.blocks is not None:
+            return sum(left.numel() + right.numel() for _, left, right in self.blocks)
+        return None if self.left is None else self.left.numel() + self.right.numel()
 
 
 @dataclass(frozen=True)
@@ -39,9 +56,11 @@ class Method:
     needs_svd: bool
     help: str
     top_only: bool = False  # reads only the top-k components, so `--svd randomized` may serve it
+    clusters: int = 0  # clustered methods: the number of row groups (fn then takes the groups, not one SVD)
 
 
 METHODS: dict[str, Method] = {}
+_CLUSTER = re.compile(r"cluster(\d+)")
 
 
 def register_method(name: str, *, amount: str, needs_svd: bool, help: str, top_only: bool = False):
@@ -53,34 +72,13 @@ def register_method(name: str, *, amount: str, needs_svd: bool, help: str, top_o
 
 
 def get_method(name: str) -> Method:
+    if name not in METHODS and (m := _CLUSTER.fullmatch(name)) and int(m.group(1)) >= 1:
+        c = int(m.group(1))
+        METHODS[name] = Method(name, _clustered, "rank", True, f"cluster the rows into {c} groups, top-k of each",
+                               clusters=c)
     if name not in METHODS:
-        raise UserError(f"unknown edit method {name!r}: use one of {', '.join(METHODS)}")
+        raise UserError(f"unknown edit method {name!r}: use one of {', '.join(METHODS)}, or clusterC (C = 2, 4, 8, ...)")
     return METHODS[name]
-
-
-def rank_for(amount, shape) -> int:
-    """k = max(1, floor(rho * min(m, n))), computed exactly (0.29 * 100 is 29, not 28); or k=K."""
-    max_rank = min(shape)
-    if isinstance(amount, str):  # "k=K"
-        k = int(amount[2:])
-        if k > max_rank:
-            raise UserError(f"k={k} exceeds the maximum rank {max_rank} of a {shape[0]}x{shape[1]} matrix")
-        return k
-    return max(1, math.floor(Fraction(repr(float(amount))) * max_rank))
-
-
-def authors_rank(amount, shape) -> int:
-    """The authors' rank rule: `int(min(m, n) * (10 - rate) * 0.1)` in floating point with rate = 10 - 10 rho
-    (src/laser/matrix_utils.py:43), no floor of 1: one less than ours whenever rho * min(m, n) is whole
-    (rho = 0.01 of 1000 keeps 9, not 10). k=K is K."""
-    if isinstance(amount, str):
-        return rank_for(amount, shape)
-    rate = float(f"{10 - 10 * float(amount):.10g}")  # the rate as their scripts write it: 9.9, 9.95, ...
-    k = int(min(shape) * ((10 - rate) * 0.1))
-    if k < 1:
-        raise UserError(f"the authors' rank rule keeps 0 components of a {shape[0]}x{shape[1]} matrix at rho={amount:g} "
-                        "(their code would fail there): use --svd exact or a larger rho")
-    return k
 
 
 def _factors(svd: SVD, idx: slice) -> Reduced:
@@ -132,3 +130,13 @@ def mp_threshold(weight: torch.Tensor) -> float:
 def _mp(weight, amount, svd: SVD) -> Reduced:
     k = max(1, int((svd.S > mp_threshold(weight)).sum()))
     return _factors(svd, slice(0, k))
+
+
+def _clustered(rows: torch.Tensor, amount, clusters) -> Reduced:
+    """Clustered LASER: each group of rows (core/clusters.py) replaced by its own top-k, k = max(1, floor(rho *
+    min(group size, n))) (k=K: K, capped at the group's rank); `clusters` holds those top-k. `rows` is out x in."""
+    blocks = []
+    for idx, svd in zip(clusters.groups, clusters.svds):
+        f = _factors(svd, slice(0, len(svd.S)))
+        blocks.append((idx, f.left, f.right))
+    return Reduced(blocks=blocks, rank=sum(left.shape[1] for _, left, _ in blocks))

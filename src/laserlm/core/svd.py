@@ -84,6 +84,25 @@ class SVD:
         return SVD(self.U.to(device), self.S.to(device), self.Vh.to(device))
 
 
+@dataclass
+class Clusters:
+    """A matrix's rows in groups (core/clusters.py) and the top-k of each group's exact SVD."""
+
+    labels: torch.Tensor  # (rows,): the group of each row
+    svds: list[SVD]
+
+    @property
+    def groups(self) -> list[torch.Tensor]:
+        return [(self.labels == j).nonzero().flatten() for j in range(len(self.svds))]
+
+    @property
+    def nbytes(self) -> int:
+        return self.labels.numel() * 8 + sum(s.nbytes for s in self.svds)
+
+    def to(self, device) -> "Clusters":
+        return Clusters(self.labels.to(device), [s.to(device) for s in self.svds])
+
+
 def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
@@ -119,7 +138,7 @@ class SVDCache:
 
     def rank_for(self, amount, shape) -> int:
         """The rank a top-k edit keeps: ours (core.methods.rank_for), or under `authors` the authors' rule."""
-        from .methods import rank_for, authors_rank
+        from .ranks import authors_rank, rank_for
 
         return authors_rank(amount, shape) if self.mode == "authors" else rank_for(amount, shape)
 
@@ -150,6 +169,41 @@ class SVDCache:
         self._hot = (mem_key, weight.device, on_device)
         return on_device
 
+    def clusters(self, weight: torch.Tensor, c: int, amount, transpose: bool = False) -> Clusters:
+        """The rows of `weight` (of its transpose: the output features of a Conv1D) in `c` groups for `amount`,
+        each with the top-k of its exact SVD, on the weight's device; cached in memory and on disk like the SVDs."""
+        from .clusters import cluster_rows, group_rank
+
+        key = f"{self.key_of(weight)}-c{c}{'t' if transpose else ''}-{amount}"
+        mem_key = (key, "clusters")
+        found = self._memory.get(mem_key)
+        if found is None:
+            found = self._load_clusters(key)
+            if found is None:
+                rows = weight.detach().to(_compute_dtype(weight))
+                rows = rows.T if transpose else rows
+                labels = cluster_rows(rows, c, amount)
+                svds = []
+                for j in range(int(labels.max()) + 1 if len(labels) else 0):
+                    self.computed += 1
+                    U, S, Vh = torch.linalg.svd(rows[labels == j], full_matrices=False)
+                    k = group_rank(amount, int((labels == j).sum()), rows.shape[1])
+                    svds.append(SVD(U[:, :k].contiguous(), S[:k].contiguous(), Vh[:k].contiguous()))
+                found = Clusters(labels, svds).to("cpu")
+                self._store_tensors(key, {"labels": found.labels, **{f"{n}{j}": getattr(s, n) for j, s in
+                                                                     enumerate(found.svds) for n in ("U", "S", "Vh")}})
+            self._remember(mem_key, found)
+        else:
+            self._memory.move_to_end(mem_key)
+        return found.to(weight.device)
+
+    def _load_clusters(self, key: str) -> Clusters | None:
+        t = self._load_tensors(key)
+        if t is None:
+            return None
+        n = sum(1 for name in t if name.startswith("S"))
+        return Clusters(t["labels"], [SVD(t[f"U{j}"], t[f"S{j}"], t[f"Vh{j}"]) for j in range(n)])
+
     def _compute(self, weight: torch.Tensor, k: int | None) -> SVD:
         self.computed += 1
         if k is not None and self.mode == "authors":
@@ -176,6 +230,10 @@ class SVDCache:
         return self.disk / key[:2] / f"{key}.safetensors"
 
     def _load(self, key: str) -> SVD | None:
+        t = self._load_tensors(key)
+        return None if t is None else SVD(t["U"], t["S"], t["Vh"])
+
+    def _load_tensors(self, key: str) -> dict | None:
         if self.disk is None or not self._path(key).exists():
             return None
         try:
@@ -184,7 +242,7 @@ class SVDCache:
         except Exception:  # a corrupt entry is recomputed, never fatal
             return None
         self.disk_hits += 1
-        return SVD(t["U"], t["S"], t["Vh"])
+        return t
 
     def _evict(self, keep: Path) -> None:
         """Delete least recently used entries until the disk cache fits its bound (never `keep`)."""
@@ -206,6 +264,10 @@ class SVDCache:
                 total -= size
 
     def _store(self, key: str, svd: SVD) -> None:
+        cpu = svd.to("cpu")
+        self._store_tensors(key, {"U": cpu.U, "S": cpu.S, "Vh": cpu.Vh})
+
+    def _store_tensors(self, key: str, tensors: dict) -> None:
         if self.disk is None:
             return
         path = self._path(key)
@@ -214,8 +276,7 @@ class SVDCache:
             # Write then rename, so a concurrent reader never sees half a file.
             fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
             os.close(fd)
-            cpu = svd.to("cpu")
-            save_file({"U": cpu.U, "S": cpu.S, "Vh": cpu.Vh}, tmp)
+            save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
             os.replace(tmp, path)
             self._evict(keep=path)
         except OSError:

@@ -172,13 +172,13 @@ def perplexity(scorer: Scorer, text: str, window: int = 1024, stride: int = 512)
     if scorer.tokenizer is None:
         raise UserError("this model has no tokenizer: perplexity needs one next to the weights")
     if stride < 1 or window < 2:
-        raise UserError(f"perplexity needs --stride of at least 1 and --window of at least 2, not {stride} and {window}")
+        raise UserError(f"perplexity needs a stride of at least 1 and a window of at least 2, not {stride} and {window}")
     ids = scorer.tokenizer(text, return_tensors="pt")["input_ids"][0].tolist()
     window = min(window, max_positions(scorer.model) or window)
     if len(ids) < 2:
         raise UserError("the text is too short for perplexity: it needs at least two tokens")
     if stride > window:
-        raise UserError(f"--stride {stride} exceeds the window {window}")
+        raise UserError(f"the stride {stride} exceeds the window {window}")
     nll, count, prev_end = 0.0, 0, 0
     for begin in range(0, len(ids), stride):
         end = min(begin + window, len(ids))

@@ -96,7 +96,7 @@ PROTOCOLS: dict[str, dict[str, Protocol]] = {
 
 def get_protocol(task: str, name: str) -> Protocol:
     if name not in PROTOCOL_NAMES:
-        raise UserError(f"unknown --protocol {name!r}: use paper or laserlm")
+        raise UserError(f"unknown protocol {name!r}: use paper or laserlm")
     return PROTOCOLS[task][name]
 
 

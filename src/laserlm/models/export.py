@@ -12,9 +12,8 @@ from .._version import __version__
 from ..core.layout import Layout, get_layout
 from ..core.edits import EditLike, apply_edits, plan
 from ..errors import UserError
-from .factorized import (FACTORS, RECIPE, LowRankLinear, dense_entries, factor_info, factor_tensors, replace_module,
-                         worth_factorizing)
-from .loading import Loaded
+from .factorized import FACTORS, RECIPE, dense_entries, factored, replace_module
+from .loading import Loaded, quiet_progress
 from ..core.svd import SVDCache, default_cache
 
 
@@ -36,7 +35,7 @@ def export(
     cache = svd_cache or default_cache()
     steps = plan(model, edits, layout, cache)
     stored: dict[str, dict] = {}
-    lowrank: dict[str, LowRankLinear] = {}
+    lowrank: dict[str, torch.nn.Module] = {}
     with torch.no_grad():
         for step in steps:
             module = step.target.module
@@ -44,13 +43,9 @@ def export(
                 apply_edits(model, [step.edit], layout=layout, svd_cache=cache)
                 continue
             reduced = step.reduce(cache)
-            if factorized and reduced.left is not None and worth_factorizing(step.target.shape, reduced.rank):
-                lowrank[step.target.name] = LowRankLinear.from_reduced(module, reduced)
-                stored[step.target.name] = {
-                    "rank": reduced.rank,
-                    "shape": list(step.target.shape),
-                    "bias": getattr(module, "bias", None) is not None,
-                }
+            new = factored(module, reduced) if factorized else None
+            if new is not None:
+                lowrank[step.target.name], stored[step.target.name] = new, new.info()
             else:
                 module.weight.data = reduced.matrix().to(module.weight.dtype)
     out.mkdir(parents=True, exist_ok=True)
@@ -59,17 +54,18 @@ def export(
     # Matrices already factorized (a --factorized folder edited again) keep their factors with
     # --factorized, and are written back dense without it, never as stray down/up keys.
     for name, module in model.named_modules():
-        if isinstance(module, LowRankLinear):
-            for key in ("down.weight", "up.weight", "up.bias"):
-                state.pop(f"{name}.{key}", None)
+        if getattr(module, "is_factored", False):
+            for key in [k for k in state if k.startswith(f"{name}.")]:
+                state.pop(key)
             state.update(dense_entries(name, module, keep_factors=factorized))
             if factorized:
-                lowrank[name], stored[name] = module, factor_info(module)
-    model.save_pretrained(out, state_dict=state)
+                lowrank[name], stored[name] = module, module.info()
+    with quiet_progress():
+        model.save_pretrained(out, state_dict=state)
     factors: dict[str, torch.Tensor] = {}
     for name, module in lowrank.items():
         replace_module(model, name, module)
-        factors.update(factor_tensors(name, module))
+        factors.update(module.tensors(name))
     if factors:
         save_file(factors, out / FACTORS)
     if loaded.tokenizer is not None:

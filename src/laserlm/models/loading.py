@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,18 @@ def _auto_class(config):
     return named if named is not None and hasattr(named, "from_pretrained") else AutoModel
 
 
+@contextmanager
+def quiet_progress():
+    """No tqdm bars from the libraries below for the block (the GGUF reader's, shard writing): they ignore
+    transformers' own setting."""
+    old = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("TQDM_DISABLE") if old is None else os.environ.__setitem__("TQDM_DISABLE", old)
+
+
 def _looks_like_path(spec: str) -> bool:
     return spec.endswith(".gguf") or spec.startswith((".", "/", "~")) or spec.count("/") > 1
 
@@ -125,22 +138,20 @@ def _gguf_as_folder(path: Path) -> Path:
     if (folder / "config.json").is_file():
         return folder
     print(f"laser: converting {path.name} to a cached HF folder (once) ...", file=sys.stderr)
-    old = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"  # the GGUF reader's own progress bar ignores transformers' settings
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        with quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     except Exception as e:
         raise UserError(f"cannot read GGUF file {path}: {str(e).splitlines()[0]}") from None
-    finally:
-        os.environ.pop("TQDM_DISABLE") if old is None else os.environ.__setitem__("TQDM_DISABLE", old)
     for attr in ("quantization_config",):
         if hasattr(model.config, attr):
             delattr(model.config, attr)
     model.hf_quantizer = None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-    model.save_pretrained(tmp)
+    with quiet_progress():
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     try:
         os.replace(tmp, folder)

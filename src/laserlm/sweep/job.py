@@ -25,7 +25,7 @@ from ..evaluation.scoring import Scorer
 from ..evaluation.stats import compare
 from ..errors import UserError
 from .halving import HALVING_STORE, halve, rounds_text, schedule
-from .prescreen import GRAD_ROWS, PRESCREEN_FILE, prescreen
+from .prescreen import GRAD_ROWS, PRESCREEN_FILE, prescreen, shortlist
 from .objective import Objective, ObjectiveSplit
 from .store import ResultStore, check_manifest, rows_hash
 from .sweeper import Sweeper, best_row, compose, grid
@@ -88,7 +88,8 @@ class SearchJob:
     lower: bool | None = None  # the metric's direction where the metric registry does not know it
     halving: int | None = None  # ETA of successive halving over val rows; None: every candidate on all of val
     prescreen: str | None = None  # mp, snr or grad: rank the candidates before any evaluation ...
-    budget: int | None = None  # ... and evaluate only this many of the best ranked
+    budget: int | None = None  # ... and evaluate only this many of the best ranked (grad-matrix: matrices)
+    grad_rows: int = GRAD_ROWS  # val rows of the gradient of --prescreen grad / grad-matrix
 
 
 def progress_bar(desc: str = "search") -> Callable:
@@ -124,12 +125,7 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
         candidates = _screened(job, candidates, log)
 
     def sweeper(split, store, part=None):
-        part = part or job.splits[split]
-        context = {"model": job.identity["model"], "task": job.identity["task"], "rows": part.rows["hash"],
-                   **numerics}
-        store = store if isinstance(store, ResultStore) else ResultStore(job.run_dir / store)
-        return Sweeper(job.model, job.layout, part.scoring, store, context, split, job.cache,
-                       per_row=split == "test")
+        return make_sweeper(job, split, store, part)
 
     t0 = time.perf_counter()
     on_val = sweeper("val", "results.jsonl")
@@ -142,7 +138,7 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
     plan = None
     if job.halving:
         if job.splits["val"].head is None or job.sweep is not None:
-            raise UserError("--halving slices the rows of -t TASK and runs here: not with --objective or --backend ray")
+            raise UserError("successive halving slices text rows and runs in this process: not with an objective or on Ray")
         plan = schedule(len(candidates), job.splits["val"].rows["n"], job.halving)
         log(f"halving: {rounds_text(plan)}")
     with bar(sum(c for _, c in plan) if plan else len(pending)) if bar else nullcontext() as progress:
@@ -183,17 +179,28 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
     return {**result, "seconds": secs, "swept": len(pending), "halving": plan}
 
 
+def make_sweeper(job: SearchJob, split: str, store, part: Split | None = None) -> Sweeper:
+    """A sweeper over a split of the job (or `part`, a slice of it), keyed like every row of the run, storing in
+    `store` (a ResultStore, or a file name in the run folder). Test rows keep their per-row values."""
+    part = part or job.splits[split]
+    context = {"model": job.identity["model"], "task": job.identity["task"], "rows": part.rows["hash"],
+               **job.numerics}
+    store = store if isinstance(store, ResultStore) else ResultStore(job.run_dir / store)
+    return Sweeper(job.model, job.layout, part.scoring, store, context, split, job.cache, per_row=split == "test")
+
+
 def _screened(job: SearchJob, candidates: list[Edit], log) -> list[Edit]:
     """The `budget` best candidates by the prescreen, kept in prescreen.json: a rerun after a kill evaluates
     the same set, even where a gradient would come out a few ulps apart."""
     path = job.run_dir / PRESCREEN_FILE
     saved = json.loads(path.read_text()) if path.exists() else {}
     order = [Edit.from_json(r["edit"]) for r in saved.get("order", [])]
+    gradient = job.prescreen in ("grad", "grad-matrix")
     if saved.get("kind") != job.prescreen or set(order) != set(candidates):
-        if job.prescreen == "grad" and job.splits["val"].head is None:
-            raise UserError("--prescreen grad takes its gradient on -t TASK rows; an objective can use mp or snr")
-        prepared = job.splits["val"].head(min(GRAD_ROWS, job.splits["val"].rows["n"])).scoring \
-            if job.prescreen == "grad" else None
+        if gradient and job.splits["val"].head is None:
+            raise UserError("the gradient prescreen differentiates the loss of text rows; an objective can use mp or snr")
+        prepared = job.splits["val"].head(min(job.grad_rows, job.splits["val"].rows["n"])).scoring \
+            if gradient else None
         t0 = time.perf_counter()
         ranked = prescreen(job.prescreen, job.layout, job.cache, candidates, prepared)
         log(f"prescreen {job.prescreen}: {len(ranked)} candidates ranked in {time.perf_counter() - t0:.1f} s"
@@ -202,8 +209,9 @@ def _screened(job: SearchJob, candidates: list[Edit], log) -> list[Edit]:
         tmp.write_text(json.dumps({"kind": job.prescreen, "budget": job.budget,
                                    "order": [{"edit": c.to_json(), "score": sc} for c, sc in ranked]}) + "\n")
         os.replace(tmp, path)
-        order = [c for c, _ in ranked]
-    return order[:job.budget] if job.budget else order
+        saved = {"order": [{"edit": c.to_json(), "score": sc} for c, sc in ranked]}
+    ranked = [(Edit.from_json(r["edit"]), r["score"]) for r in saved["order"]]
+    return shortlist(ranked, job.prescreen, job.budget)
 
 
 def summary(edits, val_row: dict, test_row: dict, metric: str, base_test: dict | None = None) -> dict:

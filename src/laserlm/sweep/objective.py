@@ -91,7 +91,7 @@ def as_objective(objective, metric: str | None = None, higher_is_better: bool | 
         return Objective(**{**objective.__dict__, **changes}) if changes else objective
     if metric is None:
         raise UserError("a plain objective function needs the metric to select on: pass metric=... "
-                        "(--metric M), or wrap it in laserlm.Objective(fn, metric=...)")
+                        "or wrap it in laserlm.Objective(fn, metric=...)")
     return Objective(objective, metric, True if higher_is_better is None else higher_is_better,
                      version="1" if version is None else version)
 

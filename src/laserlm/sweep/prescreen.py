@@ -8,9 +8,13 @@
 - `grad`: one backward pass of the paper's loss on a few val rows gives G = dL/dW for every matrix; the
   derivative with respect to singular value i is g_i = u_i' G v_i, so removing the components past k changes
   the loss by about -sum_{i>=k} s_i g_i (first order). Candidates predicted to lower the loss most come first
-  (the ranking of Sreeram, Maalouf, Sharma & Rus, "Compress to Impress", 2025).
+  (the ranking of Sreeram, Maalouf, Sharma & Rus, "Compress to Impress", 2025). Any other edit W -> W' (a
+  clustered one, a pruning, ...) is ranked by the same first order, <G, W - W'>.
+- `grad-matrix`: the follow-up's selection: matrices ranked by the gradient of their singular values (each by
+  its best predicted loss decrease over the grid's amounts), and every candidate of the `budget` best matrices
+  evaluated (their amounts and methods, clustered ones included).
 
-Edits that are not top-k SVD truncations (prune, zero, bottom, mp) have no such score and come last.
+With `mp` and `snr`, edits that are not top-k SVD truncations have no score and come last.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ from typing import Callable
 
 import torch
 
-from ..core.edits import Edit
+from ..core.edits import Edit, plan
 from ..core.layout import Layout
-from ..core.methods import mp_threshold, rank_for
+from ..core.methods import mp_threshold
 from ..core.svd import SVDCache
 
-KINDS = ("mp", "snr", "grad")
+KINDS = ("mp", "snr", "grad", "grad-matrix")
 PRESCREEN_FILE = "prescreen.json"
 GRAD_ROWS = 32
 
@@ -53,11 +57,15 @@ def _scored(request, examples) -> bool:
     return role == "main" or (role == "choice" and sub == examples[i].label)
 
 
-def _gradient(layout: Layout, cache: SVDCache, keys: list[tuple[str, int]], prepared) -> dict:
+def _gradient(layout: Layout, cache: SVDCache, keys: list[tuple[str, int]], prepared,
+              others: list[Edit] = ()) -> tuple[dict, dict]:
     """Each matrix's first-order score of keeping rank k, from one backward pass over `prepared`'s rows:
-    sum_{i>=k} s_i g_i with g_i = u_i' G v_i, minus the predicted change of the loss."""
+    sum_{i>=k} s_i g_i with g_i = u_i' G v_i, minus the predicted change of the loss; and, for each of `others`
+    (edits that are not top-k truncations), <G, W - W'>."""
     scorer, model = prepared.scorer, prepared.scorer.model
     weights = {key: layout.target(*key).weight for key in keys}
+    for e in others:
+        weights.setdefault((e.type, e.layer), layout.target(e.type, e.layer).weight)
     wanted = {id(w) for w in weights.values()}
     saved = {p: p.requires_grad for p in model.parameters()}
     out = {}
@@ -77,26 +85,56 @@ def _gradient(layout: Layout, cache: SVDCache, keys: list[tuple[str, int]], prep
                 b, pos, tok = (torch.tensor(x, device=logits.device) for x in zip(*rows))
                 picked = logits[b, pos].float().log_softmax(-1).gather(-1, tok[:, None])
                 (-picked.sum() / n_targets).backward()
-        for key, w in weights.items():  # once per matrix, whatever the number of amounts
+        for key in keys:  # once per matrix, whatever the number of amounts
+            w = weights[key]
             svd = cache.get(w)
             g = ((svd.U.T @ w.grad.to(svd.U.device, svd.U.dtype)) * svd.Vh).sum(-1)
             out[key] = lambda k, c=svd.S * g: c[k:].sum().item()
+        direct = {}
+        for e in others:
+            step = plan(layout.model, [e], layout, cache)[0]
+            w = step.target.weight
+            new = step.reduce(cache).matrix().to(w.grad.device, torch.float32)
+            direct[e] = (w.grad.float() * (w.detach().float() - new)).sum().item()
     finally:
         for p, flag in saved.items():
             p.grad = None
             p.requires_grad_(flag)
-    return out
+    return out, direct
 
 
 def prescreen(kind: str, layout: Layout, cache: SVDCache, candidates: list[Edit], prepared=None) -> list[tuple[Edit, float | None]]:
-    """The candidates, best first, with their scores (None: not rankable, last)."""
+    """The candidates, best first, with their scores (None: not rankable, last). For grad-matrix, grouped by
+    matrix, the matrices best first."""
+    gradient = kind in ("grad", "grad-matrix")
     rankable = [c for c in candidates if c.method == "svd"]
+    others = [c for c in candidates if c.method != "svd"] if gradient else []
     keys = list(dict.fromkeys((c.type, c.layer) for c in rankable))
-    if kind == "grad":
-        by_matrix = _gradient(layout, cache, keys, prepared)
+    direct: dict = {}
+    if gradient:
+        by_matrix, direct = _gradient(layout, cache, keys, prepared, others)
     else:
         by_matrix = {key: _spectral(kind, w, cache.get(w)) for key in keys for w in [layout.target(*key).weight]}
-    scores = {c: by_matrix[(c.type, c.layer)](rank_for(c.amount, layout.target(c.type, c.layer).shape))
+    scores = {c: by_matrix[(c.type, c.layer)](cache.rank_for(c.amount, layout.target(c.type, c.layer).shape))
               for c in rankable}
-    order = sorted(rankable, key=lambda c: (-scores[c], str(c)))
-    return [(c, scores[c]) for c in order] + [(c, None) for c in candidates if c.method != "svd"]
+    scores.update(direct)
+    if kind == "grad-matrix":
+        best: dict[tuple[str, int], float] = {}
+        for c, v in scores.items():
+            best[(c.type, c.layer)] = max(v, best.get((c.type, c.layer), -math.inf))
+        order = sorted(scores, key=lambda c: (-best[(c.type, c.layer)], (c.type, c.layer), -scores[c], str(c)))
+        return [(c, scores[c]) for c in order]
+    order = sorted(scores, key=lambda c: (-scores[c], str(c)))
+    return [(c, scores[c]) for c in order] + [(c, None) for c in candidates if c not in scores]
+
+
+def shortlist(ranked: list[tuple[Edit, float | None]], kind: str, budget: int | None) -> list[Edit]:
+    """The candidates to evaluate: the `budget` best, or with grad-matrix every candidate of the `budget` best
+    matrices."""
+    order = [c for c, _ in ranked]
+    if not budget:
+        return order
+    if kind != "grad-matrix":
+        return order[:budget]
+    matrices = list(dict.fromkeys((c.type, c.layer) for c in order))[:budget]
+    return [c for c in order if (c.type, c.layer) in matrices]

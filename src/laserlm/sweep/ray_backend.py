@@ -123,7 +123,7 @@ def _import_ray():
     try:
         import ray
     except ImportError:
-        raise UserError("--backend ray needs Ray: pip install 'laserlm[ray]'") from None
+        raise UserError("the Ray backend needs Ray: pip install 'laserlm[ray]'") from None
     return ray
 
 
@@ -145,14 +145,14 @@ def contiguous_chunks(layers: list[int], weights: dict[int, float], n: int) -> l
 def actor_count(ray, workers: int | None, gpus_per_worker: float, chunks_wanted: int) -> int:
     """Actors that can all run at once: never more than the cluster's GPUs allow, so none waits forever."""
     if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, not {workers}")
+        raise UserError(f"a Ray sweep needs at least 1 worker, not {workers}")
     total = ray.cluster_resources()
     n = workers or max(1, int(ray.available_resources().get("CPU", 1)))
     if gpus_per_worker:
         gpus = total.get("GPU", 0)
         if gpus < gpus_per_worker:
-            raise UserError(f"--gpus-per-worker {gpus_per_worker:g} but the Ray cluster has {gpus:g} GPU(s): "
-                            "drop --gpus-per-worker to run on CPUs, or join GPU nodes to the cluster")
+            raise UserError(f"each Ray worker asks for {gpus_per_worker:g} GPU(s) but the Ray cluster has {gpus:g}: ask for "
+                            "fewer (0 runs on CPUs), or join GPU nodes to the cluster")
         n = min(n, int(gpus // gpus_per_worker))
     return max(1, min(n, chunks_wanted))
 
@@ -197,7 +197,7 @@ def ray_sweep(spec: WorkerSpec, pending: list[Edit], store, n_layers: int, *, co
                     diff = "; ".join(f"{k}: {short(theirs.get(k))} on the worker, {short(context.get(k))} here"
                                      for k in sorted(set(theirs) | set(context)) if theirs.get(k) != context.get(k))
                     raise UserError(f"a Ray worker's results are not comparable with this run ({diff}): give every "
-                                    "node the same model files, task data and --device/--dtype/--svd")
+                                    "node the same model files, task data, device, dtype and SVD mode")
                 for row in rows:
                     if row["key"] not in store:
                         store.append(row)
@@ -221,4 +221,4 @@ def _result(ray, ref):
     except ray.exceptions.RayActorError as e:
         reason = first_line(e)
         raise UserError(f"a Ray worker died {MAX_RESTARTS + 1} times ({reason}); if it ran out of memory, "
-                        "lower --workers or --max-tokens, or use --dtype bfloat16") from None
+                        "use fewer workers, fewer tokens per batch, or bfloat16") from None

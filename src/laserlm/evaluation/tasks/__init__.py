@@ -20,12 +20,12 @@ def load_task(name: str, data: str | None = None, protocol: str = "paper", lm_ev
         from ..harness import harness_task
 
         if data:
-            raise UserError("--data is for built-in tasks; an lm-eval task names its own data in its YAML")
+            raise UserError("a local data file is for built-in tasks; an lm-eval task names its own data in its YAML")
         return harness_task(name, lm_eval_include)
     if name in BUILTINS:
         return load_builtin(name, data, protocol)
     if Path(name).suffix.lower() in (".jsonl", ".json", ".csv") or Path(name).exists():
         if data:
-            raise UserError("--data is for built-in tasks; a custom task file holds its own rows")
+            raise UserError("a local data file is for built-in tasks; a custom task file holds its own rows")
         return read_task_file(name)
     raise UserError(f"unknown task {name!r}: use one of {', '.join(BUILTINS)}, or a .jsonl/.json/.csv file")

@@ -87,10 +87,11 @@ class Task:
         rows = [ex for ex, s in zip(self.examples, assigned) if split == "all" or s == split]
         if limit is not None:
             if limit < 1:
-                raise UserError(f"--limit must be at least 1, not {limit}")
+                raise UserError(f"the row limit must be at least 1, not {limit}")
             rows = rows[:limit]
         if not rows:
-            raise UserError(f"task {self.name} has no rows in split {split!r}: use --split all or add rows")
+            raise UserError(f"task {self.name} has no rows in split {split!r}: add rows to it, or leave their \"split\" "
+                            "field out so that the seed splits them")
         return rows
 
 

@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-from ...errors import UserError, first_line
+from ...errors import HubUnavailable, UserError, first_line
 from ..protocols import (PROTOCOLS, bios_gender_mlm, bios_gender_prompt, bios_profession_mlm, bios_profession_prompt,
                          counterfact_mlm, fever_mlm, fever_prompt, get_protocol, hotpot_prompt, truthful_mlm,
                          truthful_prompt)
@@ -198,7 +198,7 @@ BUILTINS: dict[str, Builtin] = {
 
 def _local_rows(path: Path) -> list[dict]:
     if not path.exists():
-        raise UserError(f"no such --data file: {path}")
+        raise UserError(f"no such data file: {path}")
     if path.suffix in (".jsonl", ".json"):
         text = read_utf8(path)
         try:
@@ -206,17 +206,17 @@ def _local_rows(path: Path) -> list[dict]:
                 return [json.loads(line) for line in text.splitlines() if line.strip()]
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"--data {path}: not valid JSON ({e.msg}, at character {e.pos} of its line or "
+            raise UserError(f"{path}: not valid JSON ({e.msg}, at character {e.pos} of its line or "
                             "file)") from None
         return data["examples"] if isinstance(data, dict) and "examples" in data else data
     try:
         from datasets import load_dataset
     except ImportError:
-        raise UserError(f"--data {path.name} needs the datasets package: pip install 'laserlm[data]'") from None
+        raise UserError(f"{path.name} needs the datasets package: pip install 'laserlm[data]'") from None
 
     kind = {".csv": "csv", ".parquet": "parquet"}.get(path.suffix)
     if kind is None:
-        raise UserError(f"--data {path}: use a .jsonl, .json, .csv or .parquet file in the hub schema")
+        raise UserError(f"{path}: use a .jsonl, .json, .csv or .parquet file in the hub schema")
     return list(load_dataset(kind, data_files=str(path), split="train"))
 
 
@@ -232,7 +232,7 @@ def _hub_rows(source: str) -> list[dict]:
         return [{**row, "_split": s} for s in splits.split("+") for row in load_dataset(hub_id, config or None, split=s)]
     except Exception as e:  # datasets raises many types for an unreachable hub
         reason = first_line(e)
-        raise UserError(f"cannot load {hub_id} from the hub ({reason}): pass --data PATH, a local copy") from None
+        raise HubUnavailable(f"cannot load {hub_id} from the hub ({reason})") from None
 
 
 def load_builtin(name: str, data: str | None = None, protocol: str = "paper") -> Task:

@@ -1,0 +1,135 @@
+"""`laser compress`: the smallest stack of reductions a greedy search finds whose val metric stays within
+--tolerance of the base model's, written as a --factorized folder, with a report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .jobs import add_speed_args, check_speed_args, text_job
+from .options import (add_model_args, add_svd_args, add_task_args, fit_task, load_from_args, non_negative_float,
+                      output_dir, parse_amounts, positive_int, scorer_for, svd_cache_from_args, task_from_args,
+                      task_metrics)
+
+EXAMPLE = """laser compress demo -t bb_wikidata --metric top1 --limit 300 -o runs/compress
+laser compress demo -t bb_epistemic --types mlp --layers 15-29 --methods svd,cluster4 --tolerance 0.01 -o runs/c2"""
+
+
+def _export(loaded, stack, folder: Path, layout, cache) -> None:
+    """The factorized folder of the stack, written beside and renamed into place (a kill never leaves half)."""
+    from ..models.export import export
+    from ..models.factorized import read_recipe
+
+    recipe = read_recipe(folder) if folder.is_dir() else None
+    if recipe and recipe["edits"] == [e.to_json() for e in stack]:
+        return
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export(loaded, stack, tmp, factorized=True, layout=layout, svd_cache=cache)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def run_compress(args) -> int:
+    from ..analysis.compress_report import write_compress_report
+    from ..core.edits import Edit, parse_layers
+    from ..core.layout import get_layout
+    from ..evaluation.metrics import PRIMARY, choose_metrics
+    from ..models.loading import load_model
+    from ..sweep.compress import (COMPRESS_RHOS, greedy_stack, parameter_count, stack_sweeper, tokens_per_second,
+                                  weight_bytes)
+    from ..sweep.job import make_sweeper, paired_test, progress_bar, run_job
+
+    check_speed_args(args)
+    output_dir(args.output)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    amounts = parse_amounts(args.rhos or ",".join(map(str, COMPRESS_RHOS)), methods)
+    task = task_from_args(args)
+    metric = args.metric or task.primary or PRIMARY[task.kind]
+    choose_metrics(task.kind, [metric], True)
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    fit_task(task, loaded.tokenizer)
+    val = task.select("val", args.split_seed, args.limit)
+    test = task.select("test", args.split_seed, args.test_limit or args.limit)
+    layout = get_layout(loaded.model, args.module_pattern)
+    types = layout.expand_type_list(args.types)
+    layers = parse_layers(args.layers, f"--layers {args.layers}")
+    layers = list(range(layout.n_layers)) if layers is None else list(layers)
+    for layer in layers:
+        layout.target(types[0], layer)
+    out = Path(args.output)
+    metrics = task_metrics(task, None, loaded, val + test, also=metric)
+    job = text_job(args, loaded=loaded, layout=layout, scorer=scorer_for(loaded, args), task=task, task_arg=args.task,
+                   data=args.data, protocol=args.protocol, val=val, test=test, metrics=metrics, metric=metric,
+                   run_dir=out / "search", types=types, layers=layers, amounts=amounts, methods=methods, cache=cache,
+                   compose=False, split_seed=args.split_seed)
+    result = run_job(job, bar=progress_bar("compress"))
+    on_val = make_sweeper(job, "val", "results.jsonl")
+    singles = [r for r in on_val.store.rows.values() if len(r["edits"]) == 1]
+    base = on_val.done([])
+    greedy = greedy_stack(stack_sweeper(on_val, job.run_dir), singles, base, metric, args.tolerance, layout, cache,
+                          log=lambda m: print(m, file=sys.stderr))
+    on_test = make_sweeper(job, "test", "test.jsonl")
+    base_test, stack_test = on_test.evaluate([]), on_test.evaluate(greedy.stack)
+    vocab = getattr(loaded.model.config, "vocab_size", 1000)
+    before = {"parameters": parameter_count(loaded.model), "weight_bytes": weight_bytes(loaded.model),
+              "tokens_per_second": tokens_per_second(loaded.model, vocab)}
+    _export(loaded, greedy.stack, out / "model", layout, cache)
+    reloaded = load_model(str(out / "model"), dtype=args.dtype, device=args.device)
+    after = {"parameters": parameter_count(reloaded.model), "weight_bytes": weight_bytes(reloaded.model),
+             "folder_bytes": sum(p.stat().st_size for p in (out / "model").iterdir() if p.suffix == ".safetensors"),
+             "tokens_per_second": tokens_per_second(reloaded.model, vocab)}
+    summary = {"model": args.model, "task": args.task, "metric": metric, "tolerance": args.tolerance,
+               "methods": methods, "types": types, "layers": [layers[0], layers[-1]],
+               "amounts": [str(a) for a in amounts], "stack": [e.to_json() for e in greedy.stack],
+               "stacks_tried": greedy.tried, "path": greedy.path,
+               "base": {"val": base["metrics"], "test": base_test["metrics"], **before},
+               "compressed": {"val": greedy.path[-1]["metrics"], "test": stack_test["metrics"],
+                              "val_reloaded": _rescored(job, reloaded).score().metrics, **after,
+                              **paired_test(base_test, stack_test, metric)},
+               "search_seconds": round(result["seconds"], 1)}
+    (out / "compress.json").write_text(json.dumps(summary, indent=2) + "\n")
+    report = write_compress_report(out, summary)
+    b, c = summary["base"], summary["compressed"]
+    print(f"stack of {len(greedy.stack)} reductions ({greedy.tried} stacks tried): "
+          + " ".join(str(Edit.from_json(e)) for e in summary["stack"]))
+    print(f"parameters {b['parameters']:,} -> {c['parameters']:,} ({100 * (1 - c['parameters'] / b['parameters']):.1f}% "
+          f"fewer); val {metric} {b['val'][metric]:.4f} -> {c['val'][metric]:.4f}; test {metric} "
+          f"{b['test'][metric]:.4f} -> {c['test'][metric]:.4f}; tokens/s {b['tokens_per_second']:.0f} -> "
+          f"{c['tokens_per_second']:.0f}")
+    print(f"model: {out / 'model'}  report: {report}")
+    return 0
+
+
+def _rescored(job, reloaded):
+    """The val rows of the job, prepared for the folder as laserlm loads it."""
+    from ..evaluation.evaluate import Prepared
+    from ..evaluation.scoring import Scorer
+
+    val = job.splits["val"].scoring
+    return Prepared(Scorer(reloaded.model, reloaded.tokenizer, val.scorer.batch_size, val.scorer.max_tokens),
+                    val.examples, val.metrics, val.gen)
+
+
+def register_compress(p):
+    add_model_args(p)
+    add_task_args(p, required=True)
+    add_svd_args(p)
+    p.add_argument("--types", default="mlp", help="matrix types or groups to reduce (default mlp: every MLP matrix)")
+    p.add_argument("--layers", default="all", metavar="SPEC", help="layers: 20-27, 3,5,9 or all (default all)")
+    p.add_argument("--rhos", metavar="R1,R2",
+                   help="amounts (default 0.6,0.4,0.2,0.1,0.05,0.01: above ~0.7 the factors are no smaller)")
+    p.add_argument("--methods", default="svd", help="methods, e.g. svd,cluster4 (default svd)")
+    p.add_argument("--metric", metavar="M", help="the metric to keep (default: the task's primary)")
+    p.add_argument("--tolerance", type=non_negative_float, default=0.0, metavar="T",
+                   help="keep the val metric >= base - T (a loss <= base + T); default 0: never worse than the base")
+    p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
+    add_speed_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="folder: search/ (the single reductions, resumable), stack.jsonl, model/ (the factorized "
+                        "folder), compress.json, compress.md and compress.png")
+    p.set_defaults(run=run_compress)
