@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.laserlm-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# docs/cli.md from the parser's own --help, and README's picture from `make demo`'s run (made first if missing).
+docs: $(STAMP)
+	$(PY) -m laserlm.cli.reference > docs/cli.md
+	test -f $(DEMO_DIR)/plot_top1.png || $(MAKE) demo
+	mkdir -p docs/images
+	cp $(DEMO_DIR)/plot_top1.png docs/images/demo_top1.png
 
 clean:
 	rm -rf $(VENV) runs

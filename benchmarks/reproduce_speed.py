@@ -26,6 +26,7 @@ def main():
     ap.add_argument("--model", default="demo")
     ap.add_argument("--benchmarks", default=BENCHMARKS)
     ap.add_argument("--limit", type=int, default=500)
+    ap.add_argument("--layers", help="override the authors' grid's layers (e.g. 26-29), for every benchmark")
     ap.add_argument("--only", choices=["full", "halving"], help="run one of the two (the other is read if present)")
     ap.add_argument("-o", "--output", default="runs/repro")
     args = ap.parse_args()
@@ -35,8 +36,9 @@ def main():
         if args.only and args.only != mode:
             continue
         t0 = time.perf_counter()
-        code = laser(["reproduce", args.model, "--benchmarks", args.benchmarks, "--limit", str(args.limit), *extra,
-                      "-o", str(out / mode)])
+        layers = ["--layers", args.layers] if args.layers else []
+        code = laser(["reproduce", args.model, "--benchmarks", args.benchmarks, "--limit", str(args.limit), *layers,
+                      *extra, "-o", str(out / mode)])
         walls[mode] = time.perf_counter() - t0
         if code:
             raise SystemExit(code)
@@ -51,10 +53,10 @@ def main():
     for name, full in tables["full"].items():
         half = tables["halving"][name]
         picks = [" ".join(str(Edit.from_json(e)) for e in r["best"]["edits"]) or "none" for r in (full, half)]
-        rounds = half.get("halving") or []
+        rows = (out / "full" / name / "results.jsonl").read_text().splitlines()
         totals[0] += full["seconds"]
         totals[1] += half["seconds"]
-        print(f"| {name} | {full['swept'] or len(rounds and rounds[0:1])} | {full['seconds']:.0f} | {half['seconds']:.0f} | "
+        print(f"| {name} | {len(rows) - 1} | {full['seconds']:.0f} | {half['seconds']:.0f} | "
               f"{full['seconds'] / half['seconds']:.2f}x | `{picks[0]}` | `{picks[1]}` | {picks[0] == picks[1]} | "
               f"{full['best']['test']:.4f} | {half['best']['test']:.4f} |")
     print(f"| all | | {totals[0]:.0f} | {totals[1]:.0f} | {totals[0] / totals[1]:.2f}x | | | | | |")

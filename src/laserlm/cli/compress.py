@@ -9,10 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from .jobs import add_speed_args, check_speed_args, text_job
-from .options import (add_model_args, add_svd_args, add_task_args, fit_task, load_from_args, non_negative_float,
-                      output_dir, parse_amounts, positive_int, scorer_for, svd_cache_from_args, task_from_args,
-                      task_metrics)
+from .jobs import add_speed_args, check_speed_args, task_search
+from .options import add_model_args, add_svd_args, add_task_args, non_negative_float, output_dir, positive_int
 
 EXAMPLE = """laser compress demo -t bb_wikidata --metric top1 --limit 300 -o runs/compress
 laser compress demo -t bb_epistemic --types mlp --layers 15-29 --methods svd,cluster4 --tolerance 0.01 -o runs/c2"""
@@ -35,9 +33,7 @@ def _export(loaded, stack, folder: Path, layout, cache) -> None:
 
 def run_compress(args) -> int:
     from ..analysis.compress_report import write_compress_report
-    from ..core.edits import Edit, parse_layers
-    from ..core.layout import get_layout
-    from ..evaluation.metrics import PRIMARY, choose_metrics
+    from ..core.edits import Edit
     from ..models.loading import load_model
     from ..sweep.compress import (COMPRESS_RHOS, greedy_stack, parameter_count, stack_sweeper, tokens_per_second,
                                   weight_bytes)
@@ -45,28 +41,9 @@ def run_compress(args) -> int:
 
     check_speed_args(args)
     output_dir(args.output)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    amounts = parse_amounts(args.rhos or ",".join(map(str, COMPRESS_RHOS)), methods)
-    task = task_from_args(args)
-    metric = args.metric or task.primary or PRIMARY[task.kind]
-    choose_metrics(task.kind, [metric], True)
-    cache = svd_cache_from_args(args)
-    loaded = load_from_args(args)
-    fit_task(task, loaded.tokenizer)
-    val = task.select("val", args.split_seed, args.limit)
-    test = task.select("test", args.split_seed, args.test_limit or args.limit)
-    layout = get_layout(loaded.model, args.module_pattern)
-    types = layout.expand_type_list(args.types)
-    layers = parse_layers(args.layers, f"--layers {args.layers}")
-    layers = list(range(layout.n_layers)) if layers is None else list(layers)
-    for layer in layers:
-        layout.target(types[0], layer)
     out = Path(args.output)
-    metrics = task_metrics(task, None, loaded, val + test, also=metric)
-    job = text_job(args, loaded=loaded, layout=layout, scorer=scorer_for(loaded, args), task=task, task_arg=args.task,
-                   data=args.data, protocol=args.protocol, val=val, test=test, metrics=metrics, metric=metric,
-                   run_dir=out / "search", types=types, layers=layers, amounts=amounts, methods=methods, cache=cache,
-                   compose=False, split_seed=args.split_seed)
+    job, loaded, layout, cache = task_search(args, COMPRESS_RHOS, out / "search")
+    metric = job.metric
     result = run_job(job, bar=progress_bar("compress"))
     on_val = make_sweeper(job, "val", "results.jsonl")
     singles = [r for r in on_val.store.rows.values() if len(r["edits"]) == 1]
@@ -84,8 +61,8 @@ def run_compress(args) -> int:
              "folder_bytes": sum(p.stat().st_size for p in (out / "model").iterdir() if p.suffix == ".safetensors"),
              "tokens_per_second": tokens_per_second(reloaded.model, vocab)}
     summary = {"model": args.model, "task": args.task, "metric": metric, "tolerance": args.tolerance,
-               "methods": methods, "types": types, "layers": [layers[0], layers[-1]],
-               "amounts": [str(a) for a in amounts], "stack": [e.to_json() for e in greedy.stack],
+               "methods": job.methods, "types": job.types, "layers": [job.layers[0], job.layers[-1]],
+               "amounts": [str(a) for a in job.amounts], "stack": [e.to_json() for e in greedy.stack],
                "stacks_tried": greedy.tried, "path": greedy.path,
                "base": {"val": base["metrics"], "test": base_test["metrics"], **before},
                "compressed": {"val": greedy.path[-1]["metrics"], "test": stack_test["metrics"],

@@ -100,3 +100,37 @@ def text_job(args, *, loaded, layout, scorer, task, task_arg: str, data: str | N
                        "protocol": protocol}},
         sweep=ray_sweep(args, layout, task_arg, data, run_dir, protocol) if args.backend == "ray" else None,
         halving=args.halving, prescreen=args.prescreen, budget=args.budget, grad_rows=args.grad_rows)
+
+
+def task_search(args, default_rhos, run_dir: Path):
+    """What `laser search -t` and `laser compress` both build from their arguments: the task, its metric, the
+    model, the grid (--types, --layers, --rhos, --methods) checked against the model, and the search job.
+    Returns (job, loaded, layout, cache); bad input is refused before the model loads where it can be."""
+    from ..core.edits import parse_layers
+    from ..core.layout import get_layout
+    from ..evaluation.metrics import PRIMARY, choose_metrics
+    from .options import (fit_task, load_from_args, parse_amounts, scorer_for, svd_cache_from_args, task_from_args,
+                          task_metrics)
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    amounts = parse_amounts(args.rhos or ",".join(map(str, default_rhos)), methods)
+    task = task_from_args(args)
+    metric = args.metric or task.primary or PRIMARY[task.kind]
+    choose_metrics(task.kind, [metric], True)  # an unknown or unfit --metric is refused before any work
+    cache = svd_cache_from_args(args)
+    loaded = load_from_args(args)
+    fit_task(task, loaded.tokenizer)
+    val = task.select("val", args.split_seed, args.limit)
+    test = task.select("test", args.split_seed, args.test_limit or args.limit)
+    layout = get_layout(loaded.model, args.module_pattern)
+    types = layout.expand_type_list(args.types)
+    layers = parse_layers(args.layers, f"--layers {args.layers}")
+    layers = list(range(layout.n_layers)) if layers is None else list(layers)
+    for layer in layers:
+        layout.target(types[0], layer)  # a clear error for a layer out of range
+    job = text_job(args, loaded=loaded, layout=layout, scorer=scorer_for(loaded, args), task=task, task_arg=args.task,
+                   data=args.data, protocol=args.protocol, val=val, test=test,
+                   metrics=task_metrics(task, None, loaded, val + test, also=metric), metric=metric, run_dir=run_dir,
+                   types=types, layers=layers, amounts=amounts, methods=methods, cache=cache,
+                   compose=getattr(args, "compose", False), split_seed=args.split_seed)
+    return job, loaded, layout, cache

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .jobs import add_speed_args, check_speed_args, text_job
-from .options import (add_model_args, add_svd_args, add_task_args, fit_task, load_from_args, output_dir, parse_amounts,
-                      positive_int, scorer_for, svd_cache_from_args, task_from_args, task_metrics)
+from .jobs import add_speed_args, check_speed_args, task_search
+from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, parse_amounts,
+                      positive_int, svd_cache_from_args)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
 laser search demo -t bb_wikidata --layers 15-29 --compose -o runs/wiki-full
@@ -46,9 +46,6 @@ def _objective_search(args) -> int:
 
 def run_search(args) -> int:
     from ..analysis.report import write_report
-    from ..core.edits import parse_layers
-    from ..core.layout import get_layout
-    from ..evaluation.metrics import PRIMARY, choose_metrics
     from ..sweep.job import progress_bar, run_job, summary_lines
     from ..sweep.sweeper import PAPER_RHOS
 
@@ -60,27 +57,7 @@ def run_search(args) -> int:
         return _objective_search(args)
     if args.minimize:
         raise UserError("--minimize is for an --objective's metric; a task's metrics have known directions")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    amounts = parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
-    task = task_from_args(args)
-    metric = args.metric or task.primary or PRIMARY[task.kind]
-    choose_metrics(task.kind, [metric], True)  # an unknown or unfit --metric is refused before any work
-    cache = svd_cache_from_args(args)
-    loaded = load_from_args(args)
-    fit_task(task, loaded.tokenizer)
-    val = task.select("val", args.split_seed, args.limit)
-    test = task.select("test", args.split_seed, args.test_limit or args.limit)
-    layout = get_layout(loaded.model, args.module_pattern)
-    types = layout.expand_type_list(args.types)
-    layers = parse_layers(args.layers, f"--layers {args.layers}")
-    layers = list(range(layout.n_layers)) if layers is None else list(layers)
-    for layer in layers:
-        layout.target(types[0], layer)  # a clear error for a layer out of range
-    job = text_job(args, loaded=loaded, layout=layout, scorer=scorer_for(loaded, args), task=task, task_arg=args.task,
-                   data=args.data, protocol=args.protocol, val=val, test=test,
-                   metrics=task_metrics(task, None, loaded, val + test, also=metric), metric=metric,
-                   run_dir=Path(args.output), types=types, layers=layers, amounts=amounts, methods=methods,
-                   cache=cache, compose=args.compose, split_seed=args.split_seed)
+    job, *_ = task_search(args, PAPER_RHOS, Path(args.output))
     result = run_job(job, bar=progress_bar())
     report = write_report(job.run_dir)
     print("\n".join(summary_lines(result)))

@@ -72,14 +72,12 @@ def generate_ids(scorer: Scorer, prefixes: list[list[int]], budgets: list[int], 
     padding: rows of equal min_new together, by length."""
     model, eos = scorer.model, eos_ids(scorer.model, scorer.tokenizer)
     out: list[list[int]] = [[] for _ in prefixes]
-    step = scorer.batch_size or 32
     by_min: dict[int, list[int]] = {}
     for i in range(len(prefixes)):
         by_min.setdefault(min_new[i], []).append(i)
     for least, rows in sorted(by_min.items()):
         rows.sort(key=lambda i: len(prefixes[i]))
-        for start in range(0, len(rows), step):
-            idx = rows[start:start + step]
+        for idx in _batches(rows, prefixes, budgets, scorer):
             width = max(len(prefixes[i]) for i in idx)
             ids = torch.full((len(idx), width), scorer.pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -93,6 +91,22 @@ def generate_ids(scorer: Scorer, prefixes: list[list[int]], budgets: list[int], 
                 cut = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
                 out[i] = toks[:cut]
     return out  # type: ignore[return-value]
+
+
+def _batches(rows: list[int], prefixes, budgets, scorer: Scorer):
+    """Rows (sorted by length) in batches that fill the scorer's token budget (prefix + new tokens, padding
+    included), or of --batch-size rows, as the scorer batches: few, full decoding steps."""
+    batch: list[int] = []
+    for i in rows:
+        width = max(len(prefixes[j]) + budgets[j] for j in batch + [i])
+        full = (scorer.batch_size is not None and len(batch) >= scorer.batch_size) or \
+            (scorer.batch_size is None and batch and (len(batch) + 1) * width > scorer.max_tokens)
+        if full:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 @dataclass

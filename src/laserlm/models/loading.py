@@ -117,12 +117,18 @@ def _auto_class(config):
 @contextmanager
 def quiet_progress():
     """No tqdm bars from the libraries below for the block (the GGUF reader's, shard writing): they ignore
-    transformers' own setting."""
-    old = os.environ.get("TQDM_DISABLE")
+    transformers' own setting. tqdm reads TQDM_DISABLE when it is imported, so its constructor is patched too."""
+    import functools
+
+    from tqdm import std
+
+    old, init = os.environ.get("TQDM_DISABLE"), std.tqdm.__init__
     os.environ["TQDM_DISABLE"] = "1"
+    std.tqdm.__init__ = functools.partialmethod(init, disable=True)
     try:
         yield
     finally:
+        std.tqdm.__init__ = init
         os.environ.pop("TQDM_DISABLE") if old is None else os.environ.__setitem__("TQDM_DISABLE", old)
 
 

@@ -1,0 +1,44 @@
+"""README and docs/: every relative link and image resolves to a file, the command-line page is the parser's own
+help, and README's first screen shows a picture and the first commands."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_relative_link_and_image_resolves(page):
+    text = page.read_text(encoding="utf-8")
+    missing = []
+    for target in LINK.findall(text):
+        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
+            continue  # a web address, or an anchor on this page
+        path = (page.parent / target.split("#")[0]).resolve()
+        if not path.exists():
+            missing.append(target)
+    assert not missing, f"{page.name} links to files that do not exist: {missing}"
+
+
+def test_the_cli_page_is_the_parsers_own_help():
+    from laserlm.cli.reference import markdown
+
+    assert (ROOT / "docs" / "cli.md").read_text(encoding="utf-8") == markdown(), \
+        "docs/cli.md is out of date: run `make docs` (python -m laserlm.cli.reference > docs/cli.md)"
+
+
+def test_readme_shows_before_it_tells_and_links_every_docs_page():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    first = "\n".join(text.splitlines()[:80])
+    images = [t for t in LINK.findall(first) if re.search(r"\.(png|jpg|svg)$", t)]
+    assert images and all((ROOT / t).is_file() for t in images)
+    assert "make demo" in first and "laser search" in first
+    docs = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert len(docs) >= 6
+    assert [d for d in docs if f"docs/{d}" not in text] == []
