@@ -3,7 +3,7 @@
     python benchmarks/shortlist.py [--model demo] [--full-from runs/repro-full] [--matrices 4]
 
 For each offline benchmark (bb_wikidata, bb_epistemic, truthfulqa, truthfulqa_mc1; paper protocol, its metric):
-- (a) full grid: `mlp_in`, `mlp_out` x every layer x rho, selected on --limit val rows. With --full-from, read from
+- (a) full grid: `mlp_in`, `mlp_out` x --layers x the authors' nine rho, selected on --limit val rows. With --full-from, read from
   a `laser reproduce` folder of those rows (its best.json and its sweep time), else swept here;
 - (b) gradient shortlist: matrices ranked by the gradient of their singular values from one backward pass on
   --rows val rows (`--prescreen grad-matrix`), the --matrices best kept, their svd candidates scored on the same
@@ -29,7 +29,9 @@ from laserlm.evaluation.stats import compare
 from laserlm.evaluation.tasks import load_task
 from laserlm.sweep.prescreen import prescreen, shortlist
 from laserlm.sweep.store import ResultStore
-from laserlm.sweep.sweeper import PAPER_RHOS, Sweeper, best_row, grid
+from laserlm.core.edits import parse_layers
+from laserlm.evaluation.protocols import REPRODUCE_RHOS
+from laserlm.sweep.sweeper import Sweeper, best_row, grid
 
 BENCHMARKS = ("bb_wikidata", "bb_epistemic", "truthfulqa", "truthfulqa_mc1")
 
@@ -51,10 +53,13 @@ def main():
     ap.add_argument("--rows", type=int, default=100, help="val rows of the shortlist's gradient and scores")
     ap.add_argument("--matrices", type=int, default=4, help="matrices the shortlist keeps (default 4)")
     ap.add_argument("--full-from", help="a laser reproduce folder of the same model, val and test rows")
+    ap.add_argument("--layers", help="the layers of every arm's grid, e.g. 26-29 (default all)")
     args = ap.parse_args()
     loaded = load_model(args.model)
     model, layout, cache = loaded.model, get_layout(loaded.model), SVDCache(disk=None)
     scorer = Scorer(model, loaded.tokenizer)
+    layers = parse_layers(args.layers, "--layers") if args.layers else None
+    layers = list(range(layout.n_layers)) if layers is None else list(layers)
     print("| benchmark | metric | base test | (a) full grid: test, edit, s | (b) gradient shortlist: test, edit, s | "
           "(c) clustered on the shortlist: test, edit, s |")
     print("|---|---|---|---|---|---|")
@@ -77,13 +82,13 @@ def main():
             t0 = time.perf_counter()
             val = Prepared(scorer, task.select("val", 0, args.limit), metrics, task.gen())
             sweeper = Sweeper(model, layout, val, ResultStore(None), {"b": name}, "val", cache)
-            sweeper.sweep(grid(["mlp_in", "mlp_out"], range(layout.n_layers), list(PAPER_RHOS), ["svd"]))
+            sweeper.sweep(grid(["mlp_in", "mlp_out"], layers, list(REPRODUCE_RHOS), ["svd"]))
             best = best_row(list(sweeper.store.rows.values()), metric)
             full, secs = [Edit.from_json(best["edits"][0])], time.perf_counter() - t0
         cells.append((full, secs))
         # (b)
         t0 = time.perf_counter()
-        every = grid(["mlp_in", "mlp_out"], range(layout.n_layers), list(PAPER_RHOS), ["svd"])
+        every = grid(["mlp_in", "mlp_out"], layers, list(REPRODUCE_RHOS), ["svd"])
         ranked = prescreen("grad-matrix", layout, cache, every, small)
         picked = shortlist(ranked, "grad-matrix", args.matrices)
         sweeper = Sweeper(model, layout, small, ResultStore(None), {"b": name}, "val", cache)
@@ -95,7 +100,7 @@ def main():
         t1 = time.perf_counter()
         matrices = sorted({(c.type, c.layer) for c in picked})
         clustered = [Edit(m, t, layer, rho) for t, layer in matrices for m in ("cluster2", "cluster4", "cluster8")
-                     for rho in PAPER_RHOS]
+                     for rho in REPRODUCE_RHOS]
         sweeper.sweep(clustered, base=False)
         best = best_row(list(sweeper.store.rows.values()), metric)
         cells.append(([Edit.from_json(best["edits"][0])], cells[-1][1] + time.perf_counter() - t1))

@@ -143,13 +143,15 @@ def build_model(image_size: int, channels: int, patch: int, quick: bool = False)
 @torch.inference_mode()
 def accuracy(model, x: torch.Tensor, y: torch.Tensor, batch: int = 512) -> dict:
     device = next(model.parameters()).device
-    correct, loss = 0, 0.0
+    right, losses = [], []
     for i in range(0, len(y), batch):
         logits = model(pixel_values=x[i:i + batch].to(device)).logits.float()
         target = y[i:i + batch].to(device)
-        correct += (logits.argmax(-1) == target).sum().item()
-        loss += F.cross_entropy(logits, target, reduction="sum").item()
-    return {"acc": correct / len(y), "loss": loss / len(y), "n": len(y)}
+        right += (logits.argmax(-1) == target).float().tolist()
+        losses += F.cross_entropy(logits, target, reduction="none").tolist()
+    # per image too: the search's best.json then carries paired intervals of the test change
+    return {"acc": sum(right) / len(y), "loss": sum(losses) / len(y), "n": len(y),
+            "per_row": {"acc": right, "loss": losses}}
 
 
 def train(out: Path, data: dict, patch: int, epochs: int, augment_on: bool, quick: bool, flip: bool) -> tuple:

@@ -315,7 +315,7 @@ COMMANDS = {
                                      "spread that their svd_lowrank alone puts on a paper figure."),
     "components": (run_components, _reg_components,
                    "For rows an svd edit corrects: predictions with only the top-k vs only the removed components."),
-    "curve": (run_curve, _reg_curve, "The metric against the fraction of one matrix's rank removed, up to 99.95%."),
+    "curve": (run_curve, _reg_curve, "The metric against the fraction of one matrix's rank removed, up to 99.95 percent."),
     "perplexity": (run_perplexity, _reg_perplexity, "Perplexity before and after edits (sliding window, stride 512)."),
 }
 
