@@ -11,6 +11,7 @@ from laserlm import get_layout
 from laserlm.cli.main import main
 from laserlm.core.edits import Edit, edited
 from laserlm.evaluation.evaluate import Prepared
+from laserlm.evaluation.metrics import rank_key
 from laserlm.evaluation.scoring import Scorer
 from laserlm.sweep.sweeper import Sweeper, best_row, compose, grid
 from laserlm.sweep.store import ResultStore
@@ -151,7 +152,8 @@ def test_run_folder_refuses_other_runs_and_extends_grids(tiny_with_tokenizer, ta
     assert set(best) == {"metric", "lower_is_better", "base", "best", "mp", "composed"} and best["metric"] == "top1"
     assert best["lower_is_better"] is False
     assert best["mp"]["edits"][0]["method"] == "mp" and best["mp"]["edits"][0]["layer"] == best["best"]["edits"][0]["layer"]
-    assert best["best"]["val"] == max(r["metrics"]["top1"] for r in rows if r["edits"])
+    want = max((r for r in rows if r["edits"]), key=lambda r: rank_key(r["metrics"], "top1"))  # ties: logloss
+    assert best["best"]["edits"] == want["edits"] and best["best"]["val"] == want["metrics"]["top1"]
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
