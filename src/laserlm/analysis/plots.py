@@ -33,6 +33,8 @@ def similarity(out: Path, rows: list[dict], edit, n: int) -> None:
     for key, label in (("top", "only the top components (kept)"), ("bottom", "only the removed components")):
         ax.plot([r["rho"] for r in rows], [r[key] for r in rows], marker="o", ms=3, label=label)
     ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks([r["rho"] for r in rows], [f"{r['rho']:g}" for r in rows])
     ax.invert_xaxis()
     ax.set_xlabel("fraction of the rank kept, rho")
     ax.set_ylabel("cosine(prediction, answer)")

@@ -195,16 +195,18 @@ def figure7(out_dir: Path, results: dict[str, dict]) -> Path | None:
     layers = sorted({layer for g in grids.values() for _, layer in g})
     if not layers:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.35 * len(layers) * 2 + 3), 1 + 0.5 * len(grids)), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.45 * len(layers) * 2 + 4), 1.6 + 0.5 * len(grids)),
+                             squeeze=False, sharey=True)
     values = {t: np.array([[g.get((t, layer), np.nan) for layer in layers] for g in grids.values()])
               for t in ("mlp_in", "mlp_out")}
     span = max(1e-9, max(float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 0 for v in values.values()))
     for ax, (t, v) in zip(axes[0], values.items()):
         im = ax.imshow(v, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
-        ax.set_title(f"{t}: val gain of the best rho", fontsize=9)
+        ax.set_title(t, fontsize=9)
         ax.set_xticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
         ax.set_yticks(range(len(grids)), list(grids), fontsize=8)
         ax.set_xlabel("layer")
+    fig.suptitle("val gain of the best rho over the base model, per benchmark and layer", fontsize=9, y=1.04)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="points (loss: its decrease)")
     path = Path(out_dir) / "figure7.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
