@@ -31,11 +31,8 @@ def similarity(out: Path, rows: list[dict], edit, n: int) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     for key, label in (("top", "only the top components (kept)"), ("bottom", "only the removed components")):
-        ax.plot([r["rho"] for r in rows], [r[key] for r in rows], marker="o", ms=3, label=label)
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xticks([r["rho"] for r in rows], [f"{r['rho']:g}" for r in rows])
-    ax.invert_xaxis()
+        ax.plot(range(len(rows)), [r[key] for r in rows], marker="o", ms=3, label=label)
+    ax.set_xticks(range(len(rows)), [f"{r['rho']:g}" for r in rows])  # the grid's rho, evenly spaced
     ax.set_xlabel("fraction of the rank kept, rho")
     ax.set_ylabel("cosine(prediction, answer)")
     ax.set_title(f"{n} rows corrected by {edit}: similarity of the predicted token to the answer\n"
