@@ -71,6 +71,22 @@ CASES = {
                                   "is not a folder"),
     "--svd-cache-gb 0": (["apply", "{model}", "-e", "mlp_in:0:0.5", "--svd-cache-gb", "0", "-o", "{dir}/x"],
                          "--svd-cache-gb must be positive"),
+    "cluster0 method": (["apply", "{model}", "-e", "cluster0/mlp_in:0:0.5", "-o", "{dir}/x"], "clusterC (C = 2, 4, 8"),
+    "--seed not a number": (["apply", "{model}", "-e", "mlp_in:0:0.5", "--svd", "authors", "--seed", "x", "-o",
+                             "{dir}/x"], "--seed: invalid int value"),
+    "compress negative --tolerance": (["compress", "{model}", "-t", "{rows}", "--tolerance", "-1", "-o", "{dir}/c"],
+                                      "--tolerance: must be at least 0"),
+    "compress without -t": (["compress", "{model}", "-o", "{dir}/c"], "-t/--task"),
+    "compress -o an existing file": (["compress", "{model}", "-t", "{rows}", "-o", "{dir}/a_file"], "existing file"),
+    "compress unknown method": (["compress", "{model}", "-t", "{rows}", "--methods", "svd,kmeans", "-o", "{dir}/c"],
+                                "unknown edit method 'kmeans'"),
+    "--grad-rows 0": (["search", "{model}", "-t", "{rows}", "--prescreen", "grad", "--budget", "2", "--grad-rows", "0",
+                       "-o", "{dir}/run"], "--grad-rows: must be at least 1"),
+    "seeds --seeds 0": (["analyze", "seeds", "{dir}", "--seeds", "0"], "--seeds: must be at least 1"),
+    "seeds on a folder that is no run": (["analyze", "seeds", "{dir}"], "lacks run.json/best.json"),
+    "reproduce unknown --grid": (["reproduce", "{model}", "--grid", "mine", "-o", "{dir}/t1"], "invalid choice: 'mine'"),
+    "reproduce --prescreen without --budget": (["reproduce", "{model}", "--prescreen", "snr", "-o", "{dir}/t1"],
+                                               "give both"),
 }
 
 
