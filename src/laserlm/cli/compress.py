@@ -33,6 +33,7 @@ def _export(loaded, stack, folder: Path, layout, cache) -> None:
 
 def run_compress(args) -> int:
     from ..analysis.compress_report import write_compress_report
+    from ..analysis.report import write_report
     from ..core.edits import Edit
     from ..models.loading import load_model
     from ..sweep.compress import (COMPRESS_RHOS, greedy_stack, parameter_count, stack_sweeper, tokens_per_second,
@@ -45,6 +46,7 @@ def run_compress(args) -> int:
     job, loaded, layout, cache = task_search(args, COMPRESS_RHOS, out / "search")
     metric = job.metric
     result = run_job(job, bar=progress_bar("compress"))
+    write_report(job.run_dir)  # the single reductions' search, methods compared
     on_val = make_sweeper(job, "val", "results.jsonl")
     singles = [r for r in on_val.store.rows.values() if len(r["edits"]) == 1]
     base = on_val.done([])
