@@ -139,7 +139,8 @@ class Prepared:
 
     def score(self, context=None, progress=None) -> Evaluation:
         """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay)."""
-        results = self.scorer.run(self.requests, progress, self.batches, context, self.collated())
+        kv = self.drafts.recording(self.scorer, self.requests) if self.drafts is not None else None
+        results = self.scorer.run(self.requests, progress, self.batches, context, self.collated(), kv)
         scored = [(q, r) for q, r in zip(self.requests, results) if q.key[1] != "gen"]
         records = records_from(self.examples, [q for q, _ in scored], [r for _, r in scored], self.encodings)
         if "generate" in self.needs:
@@ -147,7 +148,7 @@ class Prepared:
                 fill_masks_records(self.scorer, self.examples, records)
             else:
                 checked = {q.key[0]: r for q, r in zip(self.requests, results) if q.key[1] == "gen"}
-                generated = self.drafts.finish(self.scorer, checked)
+                generated = self.drafts.finish(self.scorer, checked, kv)
                 decode_records(self.scorer.tokenizer, self.examples, self.drafts.prompts, generated, records)
         return Evaluation({m.name: m.fn(records) for m in self.metrics}, records, len(self.examples))
 

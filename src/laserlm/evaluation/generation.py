@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .kv_reuse import PassKV, cache_name, prefix_kv, supported, tail_cache, window
 from .scoring import Request, Scorer, max_positions
 
 # Logits processors a generation config may switch on: any of them makes a greedy token depend on more than the
@@ -67,25 +68,34 @@ def greedy_kwargs(scorer: Scorer, max_new: int, min_new: int) -> dict:
 
 
 @torch.inference_mode()
-def generate_ids(scorer: Scorer, prefixes: list[list[int]], budgets: list[int], min_new: list[int]) -> list[list[int]]:
+def generate_ids(scorer: Scorer, prefixes: list[list[int]], budgets: list[int], min_new: list[int],
+                 past: list[list[tuple] | None] | None = None, used: list[int] | None = None) -> list[list[int]]:
     """Greedy tokens after each prefix (token ids): at most its budget, cut after the first EOS. Batched with left
-    padding: rows of equal min_new together, by length."""
+    padding: rows of equal min_new together, by length. `past[i]`, where given, holds the keys and values of
+    prefix i but its last token at every layer (kv_reuse.py): generate() then runs only that token and the new ones
+    (the rows it did so for are appended to `used`)."""
     model, eos = scorer.model, eos_ids(scorer.model, scorer.tokenizer)
+    past = past if past is not None else [None] * len(prefixes)
+    limit = window(model)
     out: list[list[int]] = [[] for _ in prefixes]
-    by_min: dict[int, list[int]] = {}
+    groups: dict[tuple[int, bool], list[int]] = {}
     for i in range(len(prefixes)):
-        by_min.setdefault(min_new[i], []).append(i)
-    for least, rows in sorted(by_min.items()):
+        groups.setdefault((min_new[i], past[i] is not None), []).append(i)
+    for (least, cached), rows in sorted(groups.items()):
         rows.sort(key=lambda i: len(prefixes[i]))
         for idx in _batches(rows, prefixes, budgets, scorer):
-            width = max(len(prefixes[i]) for i in idx)
+            width, most = max(len(prefixes[i]) for i in idx), max(budgets[i] for i in idx)
             ids = torch.full((len(idx), width), scorer.pad_id, dtype=torch.long)
             mask = torch.zeros((len(idx), width), dtype=torch.long)
             for row, i in enumerate(idx):
                 ids[row, width - len(prefixes[i]):] = torch.tensor(prefixes[i])
                 mask[row, width - len(prefixes[i]):] = 1
+            given = {}
+            if cached and width > 1 and (limit is None or width + most <= limit):
+                given[cache_name(model)] = tail_cache(model, [past[i] for i in idx], width)
+                used is not None and used.extend(idx)
             gen = model.generate(input_ids=ids.to(scorer.device), attention_mask=mask.to(scorer.device),
-                                 **greedy_kwargs(scorer, max(budgets[i] for i in idx), least))
+                                 **given, **greedy_kwargs(scorer, most, least))
             for row, i in enumerate(idx):
                 toks = gen[row, width:].tolist()[:budgets[i]]
                 cut = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
@@ -111,13 +121,16 @@ def _batches(rows: list[int], prefixes, budgets, scorer: Scorer):
 
 @dataclass
 class Drafts:
-    """The rows' generations when they were prepared, and how the last evaluation used them."""
+    """The rows' generations when they were prepared, and how the last evaluation used them. `base` holds the keys
+    and values of prompt + draft at every layer under the model as it was then (kv_reuse.py), for the decoded tails
+    of later evaluations whose passes skip blocks (a search's prefix cache); None where they are not reused."""
 
     prompts: list[list[int]]
     ids: list[list[int]]
     settings: GenSettings
     verified: bool  # False: every evaluation runs plain generate()
     last: dict = field(default_factory=dict)  # rows confirmed whole / decoded further, in the last evaluation
+    base: PassKV | None = None
 
     @classmethod
     def make(cls, scorer: Scorer, prompts: list[str], settings: GenSettings) -> "Drafts":
@@ -127,10 +140,27 @@ class Drafts:
             print(f"laser: generation is not verified against drafts ({why}): each evaluation runs generate()",
                   file=sys.stderr)
         drafts = generate_ids(scorer, ids, [settings.max_new] * len(ids), [settings.min_new] * len(ids))
-        return cls(ids, drafts, settings, why is None)
+        made = cls(ids, drafts, settings, why is None)
+        if made.reuses(scorer):
+            requests = made.requests(scorer)
+            made.base = made.recording(scorer, requests)
+            scorer.run(requests, kv=made.base)
+        return made
+
+    def reuses(self, scorer: Scorer) -> bool:
+        """Whether tails start from recorded keys and values: verified drafts, a model of the table (its passes
+        go through the fast scorer) whose layers keep plain keys and values."""
+        return self.verified and scorer.fast and not scorer.mlm and supported(scorer.model)
+
+    def recording(self, scorer: Scorer, requests: list[Request]) -> PassKV | None:
+        """What records a pass's keys and values of the gen requests among `requests`, if tails reuse them."""
+        if not self.reuses(scorer):
+            return None
+        return PassKV(scorer.model, {k: q.key[0] for k, q in enumerate(requests) if q.key[1] == "gen"})
 
     def head(self, n: int) -> "Drafts":
-        return Drafts(self.prompts[:n], self.ids[:n], self.settings, self.verified)
+        return Drafts(self.prompts[:n], self.ids[:n], self.settings, self.verified,
+                      base=self.base.head(n) if self.base is not None else None)
 
     def requests(self, scorer: Scorer) -> list[Request]:
         """One teacher-forced request per row, prompt + draft, asking the greedy token at every draft position."""
@@ -147,8 +177,9 @@ class Drafts:
                                [(p - 1 + j, eos if j < self.settings.min_new else ()) for j in range(len(draft))]))
         return out
 
-    def finish(self, scorer: Scorer, results: dict[int, object]) -> list[list[int]]:
-        """Each row's greedy generation now: the verified part of its draft, and generate() for the rest."""
+    def finish(self, scorer: Scorer, results: dict[int, object], kv: PassKV | None = None) -> list[list[int]]:
+        """Each row's greedy generation now: the verified part of its draft, and generate() for the rest, from the
+        keys and values `kv` (this evaluation's pass) and `base` computed where both are at hand."""
         eos = eos_ids(scorer.model, scorer.tokenizer)
         dtype = next(scorer.model.parameters()).dtype
         settings, done, tails = self.settings, [], {}
@@ -159,14 +190,19 @@ class Drafts:
             done.append(accepted)
             if not complete:
                 tails[i] = accepted
+        reused: list[int] = []
         if tails:
             rows = list(tails)
+            layers = scorer.model.config.get_text_config(decoder=True).num_hidden_layers
+            past = [prefix_kv(i, len(self.prompts[i]) + len(tails[i]) - 1, layers, kv, self.base)
+                    if kv is not None else None for i in rows]
             more = generate_ids(scorer, [self.prompts[i] + tails[i] for i in rows],
                                 [settings.max_new - len(tails[i]) for i in rows],
-                                [max(0, settings.min_new - len(tails[i])) for i in rows])
+                                [max(0, settings.min_new - len(tails[i])) for i in rows], past, reused)
             for i, extra in zip(rows, more):
                 done[i] = tails[i] + extra
-        self.last = {"rows": len(self.ids), "confirmed": len(self.ids) - len(tails), "decoded": len(tails)}
+        self.last = {"rows": len(self.ids), "confirmed": len(self.ids) - len(tails), "decoded": len(tails),
+                     "reused": len(reused)}
         return done
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..core.architectures import ARCHITECTURES
 from ..errors import UserError
+from .kv_reuse import cache_name
 from .packing import TREE_ATTENTION, Collated, batch_packs, collate, group, trie
 
 TOPK = 10
@@ -85,9 +86,11 @@ class Scorer:
         # The dtype is read now: an additive mask must match the weights as they are (a model cast after load).
         return batch.inputs(self.model.config._attn_implementation, next(self.model.parameters()).dtype)
 
-    def hidden(self, batch: Collated) -> torch.Tensor:
-        # use_cache=False: scoring never decodes, and a KV cache would hold K and V of every layer.
-        return self.model.base_model(**self._inputs(batch), **no_cache(self.model)).last_hidden_state
+    def hidden(self, batch: Collated, recorder=None) -> torch.Tensor:
+        # use_cache=False: scoring never decodes, and a KV cache would hold K and V of every layer. A recorder
+        # (kv_reuse.py) keeps only the generation rows' keys and values, for the tails decoded after the pass.
+        cache = no_cache(self.model) if recorder is None else {cache_name(self.model): recorder, "use_cache": True}
+        return self.model.base_model(**self._inputs(batch), **cache).last_hidden_state
 
     def full_logits(self, batch: Collated) -> torch.Tensor:
         return self.model(**self._inputs(batch), **no_cache(self.model)).logits
@@ -107,9 +110,10 @@ class Scorer:
     # -- scoring --------------------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, requests: list[Request], progress=None, batches: list[list[list[int]]] | None = None,
-            context=None, collated: list[Collated] | None = None) -> list[Result]:
+            context=None, collated: list[Collated] | None = None, kv=None) -> list[Result]:
         """Score every request. `batches` fixes the packing, `collated` gives those batches already laid out as
-        model inputs; `context(b)` wraps batch b's forward.
+        model inputs; `context(b)` wraps batch b's forward; `kv` (a kv_reuse.PassKV) records the keys and values
+        of the generation requests.
 
         The hidden states at scored positions of all batches are gathered first and go through the
         head together: at a few dozen rows per batch the head is bound by streaming its vocab x d
@@ -139,11 +143,14 @@ class Scorer:
             argmaxes = [[where.setdefault(inputs.at(j, p), len(where)) for p, _ in r.argmax] for j, r in enumerate(reqs)]
             rows = torch.tensor([rc[0] for rc in where], device=self.device)
             cols = torch.tensor([rc[1] for rc in where], device=self.device)
+            recorder = kv.recorder(inputs, flat, reqs) if kv is not None and self.fast else None
             with context(b) if context is not None else nullcontext():
                 if self.fast:
-                    gathered.append(self.hidden(inputs)[rows, cols])
+                    gathered.append(self.hidden(inputs, recorder)[rows, cols])
                 else:
                     gathered.append(self.full_logits(inputs)[rows, cols].float())
+            if kv is not None:
+                kv.keep(recorder)
             pending.append((flat, reqs, targets, tops, argmaxes, len(where)))
             if sum(len(g) for g in gathered) >= HEAD_ROWS:
                 flush()
