@@ -183,14 +183,20 @@ class Scorer:
         for start in range(0, len(flat), HEAD_ROWS):
             end = min(start + HEAD_ROWS, len(flat))
             logits = self.head(flat[start:end]).float() if self.fast else flat[start:end]
-            logp = torch.log_softmax(logits, dim=-1)
-            sel = (tok_rows_t >= start) & (tok_rows_t < end)
+            # log-softmax only where a log-probability or a top-k is asked: a generation's greedy picks (most rows
+            # of a generation metric's pass) need the logits alone.
+            tok_sel = (tok_rows_t >= start) & (tok_rows_t < end)
+            top_sel = (top_rows_t >= start) & (top_rows_t < end)
+            need = torch.unique(torch.cat([tok_rows_t[tok_sel], top_rows_t[top_sel]]) - start)
+            at = torch.full((end - start,), -1, dtype=torch.long)
+            at[need] = torch.arange(len(need))
+            logp = torch.log_softmax(logits[need.to(logits.device)], dim=-1)
+            if tok_sel.any():
+                idx = at[tok_rows_t[tok_sel] - start].to(logp.device)
+                picked[tok_sel] = logp[idx, tok_ids_t[tok_sel].to(logp.device)].cpu()
+            sel = top_sel
             if sel.any():
-                idx = (tok_rows_t[sel] - start).to(logp.device)
-                picked[sel] = logp[idx, tok_ids_t[sel].to(logp.device)].cpu()
-            sel = (top_rows_t >= start) & (top_rows_t < end)
-            if sel.any():
-                top = logp[(top_rows_t[sel] - start).to(logp.device)].topk(min(TOPK, logp.shape[-1])).indices.cpu()
+                top = logp[at[top_rows_t[sel] - start].to(logp.device)].topk(min(TOPK, logp.shape[-1])).indices.cpu()
                 if tops_t.shape[1] == 0:
                     tops_t = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
                 tops_t[sel] = top
@@ -224,13 +230,14 @@ class _Greedy:
         sel = ((self.rows >= start) & (self.rows < end)).nonzero().flatten().tolist()
         if not sel:
             return
-        scores = logits[(self.rows[sel] - start).to(logits.device)].float().clone()
-        for j, k in enumerate(sel):
-            barred = [t for t in self.barred[k] if t < scores.shape[-1]]  # ids past the vocabulary never win
-            if barred:
+        scores = logits[(self.rows[sel] - start).to(logits.device)].float()
+        bars = [(j, [t for t in self.barred[k] if t < scores.shape[-1]]) for j, k in enumerate(sel) if self.barred[k]]
+        if any(barred for _, barred in bars):  # ids past the vocabulary never win
+            scores = scores.clone()
+            for j, barred in bars:
                 scores[j, barred] = float("-inf")
-        best = scores.argmax(-1)
-        top2 = scores.topk(min(2, scores.shape[-1]), dim=-1).values
+        top2 = scores.topk(min(2, scores.shape[-1]), dim=-1)
+        best, top2 = top2.indices[:, 0], top2.values
         lead = (top2[:, 0] - top2[:, -1]) if top2.shape[-1] > 1 else torch.full_like(top2[:, 0], float("inf"))
         for k, tok, value, gap in zip(sel, best.tolist(), top2[:, 0].tolist(), lead.tolist()):
             self.tokens[k], self.margins[k] = tok, (value, gap)
