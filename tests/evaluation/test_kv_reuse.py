@@ -70,6 +70,8 @@ def test_the_skipped_blocks_keys_come_from_the_drafts_base_pass():
     """Spoil the base pass's keys: a tail decoded at layer 2 then reads them for blocks 0-1 (and block 2's attention,
     which an MLP edit leaves as it was), so its ids go wrong; the evaluation's own pass is not enough alone."""
     model, tok, rows, prepared = _prepared("llama")
+    assert prepared.drafts.base is None  # recorded by a search, before its walk: plain evaluations need none
+    prepared.drafts.record_base(prepared.scorer)
     for per_layer in prepared.drafts.base.kv.values():
         for layer, (k, v) in per_layer.items():
             per_layer[layer] = (k * 0 + 3.0, v * 0 - 3.0)
@@ -83,9 +85,9 @@ def test_the_skipped_blocks_keys_come_from_the_drafts_base_pass():
 def test_a_pass_past_its_budget_keeps_nothing_and_tails_prefill(monkeypatch):
     monkeypatch.setattr(kv_reuse, "CPU_BUDGET", 1000)
     model, tok, rows, prepared = _prepared("llama")
-    assert prepared.drafts.base is not None and not prepared.drafts.base.whole and not prepared.drafts.base.kv
     cand = Edit("svd", "mlp_in", 1, 0.1)
     (got, last), = _sweep(model, prepared, [cand])
+    assert prepared.drafts.base is not None and not prepared.drafts.base.whole and not prepared.drafts.base.kv
     with edited(model, [cand], svd_cache=SVDCache(disk=None)):
         assert got == [plain_generate(model, tok, r.prompt, SETTINGS) for r in rows]
     assert last["decoded"] > 0 and last["reused"] == 0

@@ -20,6 +20,8 @@ from laserlm.cli.main import main
 from laserlm.core.edits import edited
 from laserlm.core.svd import SVDCache
 from laserlm.evaluation.evaluate import Prepared
+from laserlm.evaluation.generation import GenSettings
+from laserlm.evaluation.metrics import choose_metrics
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import Example
 from laserlm.sweep.store import ResultStore
@@ -30,6 +32,7 @@ from conftest import (ARCHS, MLM, build_tiny, choice_rows, cloze_rows, needs_dem
 
 pytestmark = pytest.mark.gpu
 CAUSAL = [a for a in ARCHS if a not in MLM]
+GEN = choose_metrics("cloze", ["gen01", "gen01_paper", "top1"], False)
 
 
 def _scores(ev) -> torch.Tensor:
@@ -124,6 +127,55 @@ def test_a_split_device_map_searches_like_one_device_and_restores_every_weight(t
     state = model.state_dict()
     for k, v in reference.items():
         assert torch.equal(state[k].cpu(), v), k  # bit-exact, on whichever device the map put it
+
+
+def _tails_through_the_walk(model, tok, rows, cands) -> list[tuple[list, dict]]:
+    """Each candidate's generated ids and decoding counts, swept with the prefix walk (tails from recorded keys)."""
+    prepared = Prepared(Scorer(model, tok, max_tokens=96), rows, GEN, GenSettings(8, 1))
+    calls, score = [], prepared.score
+
+    def spy(**kw):
+        ev = score(**kw)
+        calls.append(([r["generation_ids"] for r in ev.records], dict(prepared.drafts.last)))
+        return ev
+
+    prepared.score = spy
+    Sweeper(model, get_layout(model), prepared, ResultStore(None), {"m": 1}, "val", SVDCache(disk=None)).sweep(cands)
+    return calls[1:]
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_generation_tails_from_recorded_keys_on_cuda_equal_generate(arch):
+    """The keys recorded in the packed pass on CUDA, and the base pass's for the skipped blocks, give generate() on
+    CUDA the ids it makes from scratch (float32)."""
+    from laserlm.evaluation.generation import generate_ids
+
+    model, tok = build_tiny(arch).to("cuda"), tiny_tokenizer()
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("the")
+    rows = [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(24, 5)]
+    prompts = [tok(r.prompt)["input_ids"] for r in rows]
+    cands = grid(["mlp_in", "attn_o"], [1, 2], [0.1], ["svd"])
+    calls = _tails_through_the_walk(model, tok, rows, cands)
+    for c, (got, _last) in zip(cands, calls):
+        with edited(model, [c], svd_cache=SVDCache(disk=None)):
+            assert got == generate_ids(Scorer(model, tok), prompts, [8] * len(rows), [1] * len(rows)), c
+    if arch != "gemma":  # the tiny gemma repeats its last prompt token under every edit: nothing to decode
+        assert sum(last["reused"] for _, last in calls) > 0
+
+
+def test_generation_tails_on_a_split_device_map_equal_one_device(tmp_path):
+    """Recorded keys live on their block's device (GPU for blocks 0-1, CPU for block 2): the tails' cache must be
+    laid out per device, and the ids equal the single-device run's."""
+    model, _ = _split_llama(tmp_path)
+    tok = tiny_tokenizer()
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("the")
+    one = build_tiny("llama").to("cuda")
+    one.generation_config.eos_token_id = model.generation_config.eos_token_id
+    rows = [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(24, 5)]
+    cands = grid(["mlp_in", "attn_o"], [1, 2], [0.1], ["svd"])
+    split, single = _tails_through_the_walk(model, tok, rows, cands), _tails_through_the_walk(one, tok, rows, cands)
+    assert [ids for ids, _ in split] == [ids for ids, _ in single]
+    assert sum(last["reused"] for _, last in split) > 0
 
 
 def test_peak_memory_is_the_weights_plus_a_bounded_workspace():

@@ -122,8 +122,8 @@ def _batches(rows: list[int], prefixes, budgets, scorer: Scorer):
 @dataclass
 class Drafts:
     """The rows' generations when they were prepared, and how the last evaluation used them. `base` holds the keys
-    and values of prompt + draft at every layer under the model as it was then (kv_reuse.py), for the decoded tails
-    of later evaluations whose passes skip blocks (a search's prefix cache); None where they are not reused."""
+    and values of prompt + draft at every layer under the unedited model (kv_reuse.py), for the decoded tails of
+    evaluations whose passes skip blocks (a search's prefix cache); None until a search records them."""
 
     prompts: list[list[int]]
     ids: list[list[int]]
@@ -140,12 +140,16 @@ class Drafts:
             print(f"laser: generation is not verified against drafts ({why}): each evaluation runs generate()",
                   file=sys.stderr)
         drafts = generate_ids(scorer, ids, [settings.max_new] * len(ids), [settings.min_new] * len(ids))
-        made = cls(ids, drafts, settings, why is None)
-        if made.reuses(scorer):
-            requests = made.requests(scorer)
-            made.base = made.recording(scorer, requests)
-            scorer.run(requests, kv=made.base)
-        return made
+        return cls(ids, drafts, settings, why is None)
+
+    def record_base(self, scorer: Scorer) -> None:
+        """Record, once, the keys and values of prompt + draft at every layer under the model as it is now. A search
+        calls this before it walks the layers: they stand for the blocks its passes skip, as the prefix cache's
+        hidden states do. Plain evaluations need none (their pass runs every block)."""
+        if self.base is None and self.reuses(scorer):
+            requests = self.requests(scorer)
+            self.base = self.recording(scorer, requests)
+            scorer.run(requests, kv=self.base)
 
     def reuses(self, scorer: Scorer) -> bool:
         """Whether tails start from recorded keys and values: verified drafts, a model of the table (its passes
@@ -191,6 +195,7 @@ class Drafts:
             if not complete:
                 tails[i] = accepted
         reused: list[int] = []
+        decoded_tokens = 0
         if tails:
             rows = list(tails)
             layers = scorer.model.config.get_text_config(decoder=True).num_hidden_layers
@@ -201,8 +206,9 @@ class Drafts:
                                 [max(0, settings.min_new - len(tails[i])) for i in rows], past, reused)
             for i, extra in zip(rows, more):
                 done[i] = tails[i] + extra
+            decoded_tokens = sum(map(len, more))
         self.last = {"rows": len(self.ids), "confirmed": len(self.ids) - len(tails), "decoded": len(tails),
-                     "reused": len(reused)}
+                     "reused": len(reused), "tokens": decoded_tokens}
         return done
 
 

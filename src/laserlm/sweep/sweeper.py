@@ -106,6 +106,8 @@ class Sweeper:
                 self.evaluate([])
             hidden = states if by_layer else None
         collated = self.prepared.collated()
+        if by_layer and self.prepared.drafts is not None:  # keys and values of the blocks the passes will skip
+            self.prepared.drafts.record_base(self.prepared.scorer)
         for layer in sorted(by_layer):
             hidden = self._advance(prefix, collated, hidden, at, layer)
             at = layer
