@@ -36,6 +36,7 @@ step scale $PY benchmarks/scale.py --device cuda --dtype bfloat16
 step random-smollm2 $PY benchmarks/random_model.py --shape smollm2 -o /tmp/gpu_check_smollm2
 step eval-speed $PY benchmarks/eval_speed.py --model /tmp/gpu_check_smollm2 --task bb_epistemic --limit 1000 --no-loop
 step generation $PY benchmarks/gen_speed.py --model /tmp/gpu_check_smollm2 --limit 500 --layers 5,28
+step tails $PY benchmarks/tail_speed.py --model /tmp/gpu_check_smollm2 --limit 500 --edit mlp_in:28:0.01
 if [ "${1:-}" = "--full" ]; then
     step suite $PY -m pytest -q -p no:cacheprovider -m "not gpu"
 fi

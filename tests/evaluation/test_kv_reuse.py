@@ -82,6 +82,15 @@ def test_the_skipped_blocks_keys_come_from_the_drafts_base_pass():
     assert last["reused"] > 0 and got != want
 
 
+def test_the_search_keeps_its_base_pass_keys_rather_than_running_another_pass():
+    model, tok, rows, prepared = _prepared("llama")
+    runs, run = [], prepared.scorer.run
+    prepared.scorer.run = lambda *a, **kw: runs.append(kw.get("kv", a[5] if len(a) > 5 else None)) or run(*a, **kw)
+    (got, last), = _sweep(model, prepared, [Edit("svd", "mlp_in", 2, 0.1)])
+    assert len(runs) == 2 and prepared.drafts.base is runs[0]  # the base model's pass, then the candidate's
+    assert last["reused"] == last["decoded"] > 0
+
+
 def test_a_pass_past_its_budget_keeps_nothing_and_tails_prefill(monkeypatch):
     monkeypatch.setattr(kv_reuse, "CPU_BUDGET", 1000)
     model, tok, rows, prepared = _prepared("llama")

@@ -137,8 +137,9 @@ class Prepared:
                               for batch in self.batches]
         return self._collated
 
-    def score(self, context=None, progress=None) -> Evaluation:
-        """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay)."""
+    def score(self, context=None, progress=None, keep_kv: bool = False) -> Evaluation:
+        """Metrics of the model as it is now; `context(b)` wraps the forward of batch b (prefix replay). `keep_kv`:
+        the model is unedited, and the drafts keep this pass's keys and values as their base (generation.py)."""
         kv = self.drafts.recording(self.scorer, self.requests) if self.drafts is not None else None
         results = self.scorer.run(self.requests, progress, self.batches, context, self.collated(), kv)
         scored = [(q, r) for q, r in zip(self.requests, results) if q.key[1] != "gen"]
@@ -149,6 +150,8 @@ class Prepared:
             else:
                 checked = {q.key[0]: r for q, r in zip(self.requests, results) if q.key[1] == "gen"}
                 generated = self.drafts.finish(self.scorer, checked, kv)
+                if keep_kv and context is None and kv is not None and kv.whole and self.drafts.base is None:
+                    self.drafts.base = kv
                 decode_records(self.scorer.tokenizer, self.examples, self.drafts.prompts, generated, records)
         return Evaluation({m.name: m.fn(records) for m in self.metrics}, records, len(self.examples))
 

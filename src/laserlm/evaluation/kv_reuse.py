@@ -65,6 +65,8 @@ class Recorder(DynamicCache):
         self.seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.rows.device != key_states.device:  # a device map: this block sits elsewhere
+            self.rows, self.cols = self.rows.to(key_states.device), self.cols.to(key_states.device)
         k, v = key_states[self.rows, :, self.cols], value_states[self.rows, :, self.cols]  # (n, heads, head_dim)
         self.room -= 2 * k.numel() * k.element_size()
         if self.room >= 0:

@@ -69,13 +69,14 @@ class Sweeper:
         self.store.append(row)
         return row
 
-    def evaluate(self, edits: list[Edit]) -> dict:
-        """One candidate (or stack) with a full forward; cached in the store."""
+    def evaluate(self, edits: list[Edit], keep_kv: bool = False) -> dict:
+        """One candidate (or stack) with a full forward; cached in the store. `keep_kv`: the pass is the unedited
+        model's, and a generation's drafts keep its keys and values (for the blocks a walk's passes skip)."""
         if (row := self.done(edits)) is not None and (not self.per_row or "per_row" in row):
             return row
         t0 = time.perf_counter()
         with edited(self.model, edits, layout=self.layout, svd_cache=self.cache):
-            ev = self.prepared.score()
+            ev = self.prepared.score(keep_kv=True) if keep_kv else self.prepared.score()
         return self._record(edits, ev, time.perf_counter() - t0)
 
     def sweep(self, candidates: list[Edit], on_done: Callable[[dict], None] | None = None, base: bool = True) -> None:
@@ -103,10 +104,10 @@ class Sweeper:
             at, hidden = self.walk
         elif base and self.done([]) is None:
             with prefix.record(at) as states:
-                self.evaluate([])
+                self.evaluate([], keep_kv=True)
             hidden = states if by_layer else None
         collated = self.prepared.collated()
-        if by_layer and self.prepared.drafts is not None:  # keys and values of the blocks the passes will skip
+        if by_layer and self.prepared.drafts is not None:  # unless the base pass above kept them: a pass of its own
             self.prepared.drafts.record_base(self.prepared.scorer)
         for layer in sorted(by_layer):
             hidden = self._advance(prefix, collated, hidden, at, layer)
