@@ -232,3 +232,23 @@ def packed_prepared(model, tok, rows, trees: bool, **kw):
     scorer = Scorer(model, tok, **kw)
     scorer.trees = scorer.trees and trees
     return Prepared(scorer, rows)
+
+
+def swept_generations(model, prepared, cands) -> list[tuple[list, dict]]:
+    """Each candidate's generated ids and decoding counts (`Drafts.last`), swept by the search's prefix walk in
+    layer order (the base model's evaluation left out)."""
+    from laserlm import get_layout
+    from laserlm.core.svd import SVDCache
+    from laserlm.sweep.store import ResultStore
+    from laserlm.sweep.sweeper import Sweeper
+
+    calls, score = [], prepared.score
+
+    def spy(**kw):
+        ev = score(**kw)
+        calls.append(([r["generation_ids"] for r in ev.records], dict(prepared.drafts.last)))
+        return ev
+
+    prepared.score = spy
+    Sweeper(model, get_layout(model), prepared, ResultStore(None), {"m": 1}, "val", SVDCache(disk=None)).sweep(cands)
+    return calls[1:]

@@ -7,17 +7,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from laserlm import get_layout
 from laserlm.core.edits import Edit, edited
 from laserlm.core.svd import SVDCache
 from laserlm.evaluation import kv_reuse
 from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.generation import GenSettings
 from laserlm.evaluation.scoring import Request, Scorer
-from laserlm.sweep.store import ResultStore
-from laserlm.sweep.sweeper import Sweeper, grid
+from laserlm.sweep.sweeper import grid
 
-from conftest import ARCHS, MLM, build_tiny, needs_demo, tiny_tokenizer
+from conftest import ARCHS, MLM, build_tiny, needs_demo, swept_generations, tiny_tokenizer
 from test_generation import GEN, _rows, plain_generate
 
 CAUSAL = [a for a in ARCHS if a not in MLM]
@@ -36,25 +34,11 @@ def _prepared(arch: str, n: int = 20):
     return model, tok, rows, Prepared(Scorer(model, tok, max_tokens=96), rows, GEN, SETTINGS)
 
 
-def _sweep(model, prepared, cands: list[Edit]) -> list[tuple[list, dict]]:
-    """Each candidate's generated ids and decoding counts, through the search's prefix walk."""
-    calls, score = [], prepared.score
-
-    def spy(**kw):
-        ev = score(**kw)
-        calls.append(([r["generation_ids"] for r in ev.records], dict(prepared.drafts.last)))
-        return ev
-
-    prepared.score = spy
-    Sweeper(model, get_layout(model), prepared, ResultStore(None), {"m": 1}, "val", SVDCache(disk=None)).sweep(cands)
-    return calls[1:]  # the first call is the base model's
-
-
 @pytest.mark.parametrize("arch", CAUSAL)
 def test_the_prefix_walk_decodes_tails_from_recorded_keys_as_generate_does(arch):
     model, tok, rows, prepared = _prepared(arch)
     cands = grid(["mlp_in", "attn_o"], [1, 2], [0.1], ["svd"])
-    calls = _sweep(model, prepared, cands)
+    calls = swept_generations(model, prepared, cands)
     for c, (got, _last) in zip(cands, calls):
         with edited(model, [c], svd_cache=SVDCache(disk=None)):
             assert got == [plain_generate(model, tok, r.prompt, SETTINGS) for r in rows], c
@@ -76,7 +60,7 @@ def test_the_skipped_blocks_keys_come_from_the_drafts_base_pass():
         for layer, (k, v) in per_layer.items():
             per_layer[layer] = (k * 0 + 3.0, v * 0 - 3.0)
     cand = Edit("svd", "mlp_in", 2, 0.1)
-    (got, last), = _sweep(model, prepared, [cand])
+    (got, last), = swept_generations(model, prepared, [cand])
     with edited(model, [cand], svd_cache=SVDCache(disk=None)):
         want = [plain_generate(model, tok, r.prompt, SETTINGS) for r in rows]
     assert last["reused"] > 0 and got != want
@@ -86,7 +70,7 @@ def test_the_search_keeps_its_base_pass_keys_rather_than_running_another_pass():
     model, tok, rows, prepared = _prepared("llama")
     runs, run = [], prepared.scorer.run
     prepared.scorer.run = lambda *a, **kw: runs.append(kw.get("kv", a[5] if len(a) > 5 else None)) or run(*a, **kw)
-    (got, last), = _sweep(model, prepared, [Edit("svd", "mlp_in", 2, 0.1)])
+    (got, last), = swept_generations(model, prepared, [Edit("svd", "mlp_in", 2, 0.1)])
     assert len(runs) == 2 and prepared.drafts.base is runs[0]  # the base model's pass, then the candidate's
     assert last["reused"] == last["decoded"] > 0
 
@@ -95,7 +79,7 @@ def test_a_pass_past_its_budget_keeps_nothing_and_tails_prefill(monkeypatch):
     monkeypatch.setattr(kv_reuse, "CPU_BUDGET", 1000)
     model, tok, rows, prepared = _prepared("llama")
     cand = Edit("svd", "mlp_in", 1, 0.1)
-    (got, last), = _sweep(model, prepared, [cand])
+    (got, last), = swept_generations(model, prepared, [cand])
     assert prepared.drafts.base is not None and not prepared.drafts.base.whole and not prepared.drafts.base.kv
     with edited(model, [cand], svd_cache=SVDCache(disk=None)):
         assert got == [plain_generate(model, tok, r.prompt, SETTINGS) for r in rows]
@@ -143,7 +127,7 @@ def test_the_demo_decodes_from_recorded_keys_what_generate_does_in_a_sweep():
     prepared = Prepared(scorer, rows, GEN, task.gen())
     cands = [Edit("svd", "mlp_out", 20, 0.05), Edit("svd", "mlp_in", 28, 0.01)]
     prompts = [loaded.tokenizer(r.prompt)["input_ids"] for r in rows]
-    for c, (got, last) in zip(cands, _sweep(loaded.model, prepared, cands)):
+    for c, (got, last) in zip(cands, swept_generations(loaded.model, prepared, cands)):
         with edited(loaded.model, [c]):
             assert got == generate_ids(scorer, prompts, [10] * len(rows), [1] * len(rows)), c
         assert last["reused"] == last["decoded"] > 0

@@ -28,7 +28,7 @@ from laserlm.sweep.store import ResultStore
 from laserlm.sweep.sweeper import Sweeper, grid
 
 from conftest import (ARCHS, MLM, build_tiny, choice_rows, cloze_rows, needs_demo, packed_prepared,
-                      tiny_tokenizer)
+                      swept_generations, tiny_tokenizer)
 
 pytestmark = pytest.mark.gpu
 CAUSAL = [a for a in ARCHS if a not in MLM]
@@ -130,18 +130,7 @@ def test_a_split_device_map_searches_like_one_device_and_restores_every_weight(t
 
 
 def _tails_through_the_walk(model, tok, rows, cands) -> list[tuple[list, dict]]:
-    """Each candidate's generated ids and decoding counts, swept with the prefix walk (tails from recorded keys)."""
-    prepared = Prepared(Scorer(model, tok, max_tokens=96), rows, GEN, GenSettings(8, 1))
-    calls, score = [], prepared.score
-
-    def spy(**kw):
-        ev = score(**kw)
-        calls.append(([r["generation_ids"] for r in ev.records], dict(prepared.drafts.last)))
-        return ev
-
-    prepared.score = spy
-    Sweeper(model, get_layout(model), prepared, ResultStore(None), {"m": 1}, "val", SVDCache(disk=None)).sweep(cands)
-    return calls[1:]
+    return swept_generations(model, Prepared(Scorer(model, tok, max_tokens=96), rows, GEN, GenSettings(8, 1)), cands)
 
 
 @pytest.mark.parametrize("arch", CAUSAL)
