@@ -6,7 +6,8 @@ most of a tail's cost. But every key and value of that prefix has been computed 
 - the teacher-forced pass of this evaluation ran prompt + draft through every block it computed (for a search
   candidate at layer l: the blocks above l, and block l's attention for an attention edit);
 - the blocks it did not compute are, by the prefix cache's contract, those whose inputs the edit does not change,
-  and their keys and values are the base model's, recorded once when the drafts were made.
+  and their keys and values are the unedited model's, which a search keeps from its base evaluation's pass (or
+  records in a pass of their own) before it walks the layers.
 
 `Recorder` is a KV cache that keeps nothing for attention (each layer attends over its own tokens, as without a
 cache) but copies out the keys and values of the columns asked for: the real positions of the gen requests, in a
@@ -59,9 +60,10 @@ def budget(device: torch.device) -> int:
 class Recorder(DynamicCache):
     """A cache that hands every layer its own keys and values back and keeps the (row, column) pairs asked for."""
 
-    def __init__(self, config, rows: torch.Tensor, cols: torch.Tensor, room: int):
+    def __init__(self, config, rows: torch.Tensor, cols: torch.Tensor, spans: list[tuple[int, int, int]], room: int):
         super().__init__(config=config)
         self.rows, self.cols, self.room = rows, cols, room
+        self.spans = spans  # (draft row, first of its pairs, how many)
         self.seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
@@ -96,9 +98,8 @@ class PassKV:
         if not spans:
             return None
         device = inputs.ids.device
-        rec = Recorder(self.config, torch.tensor(rows, device=device), torch.tensor(cols, device=device), self.room)
-        rec.spans = spans
-        return rec
+        return Recorder(self.config, torch.tensor(rows, device=device), torch.tensor(cols, device=device), spans,
+                        self.room)
 
     def keep(self, rec: Recorder | None) -> None:
         if rec is None:

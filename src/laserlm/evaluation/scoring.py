@@ -194,12 +194,12 @@ class Scorer:
             if tok_sel.any():
                 idx = at[tok_rows_t[tok_sel] - start].to(logp.device)
                 picked[tok_sel] = logp[idx, tok_ids_t[tok_sel].to(logp.device)].cpu()
-            sel = top_sel
-            if sel.any():
-                top = logp[at[top_rows_t[sel] - start].to(logp.device)].topk(min(TOPK, logp.shape[-1])).indices.cpu()
+            if top_sel.any():
+                idx = at[top_rows_t[top_sel] - start].to(logp.device)
+                top = logp[idx].topk(min(TOPK, logp.shape[-1])).indices.cpu()
                 if tops_t.shape[1] == 0:
                     tops_t = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
-                tops_t[sel] = top
+                tops_t[top_sel] = top
             greedy.pick(logits, start, end)
         picked_l, tops_l = picked.tolist(), tops_t.tolist()
         k = t = a = 0
