@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache
 
 CPU_BUDGET = 2 << 30  # bytes of recorded keys and values per pass, past which a pass keeps none (tails prefill)
-CUDA_SHARE = 8  # on a GPU: 1/CUDA_SHARE of its memory
+CUDA_SHARE = 8  # on a GPU: 1/CUDA_SHARE of its memory, and no more than a quarter of what is free
 
 
 def cache_name(model) -> str:
@@ -53,7 +53,8 @@ def window(model) -> int | None:
 
 def budget(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory // CUDA_SHARE
+        free, total = torch.cuda.mem_get_info(device)
+        return min(total // CUDA_SHARE, free // 4)
     return CPU_BUDGET
 
 
