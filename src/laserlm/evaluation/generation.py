@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .kv_reuse import PassKV, cache_name, prefix_kv, supported, tail_cache, window
-from .scoring import Request, Scorer, max_positions
+from .scoring import Request, Scorer, max_positions, tolerance
 
 # Logits processors a generation config may switch on: any of them makes a greedy token depend on more than the
 # logits, so drafts are not verified (plain generate() every time).
@@ -178,7 +178,8 @@ class Drafts:
                 continue  # past the context: generate() decides
             p = len(prompt)
             out.append(Request(prompt + draft[:-1], [], None, (i, "gen", 0),
-                               [(p - 1 + j, eos if j < self.settings.min_new else ()) for j in range(len(draft))]))
+                               [(p - 1 + j, eos if j < self.settings.min_new else ()) for j in range(len(draft))],
+                               expect=draft))
         return out
 
     def finish(self, scorer: Scorer, results: dict[int, object], kv: PassKV | None = None) -> list[list[int]]:
@@ -210,12 +211,6 @@ class Drafts:
         self.last = {"rows": len(self.ids), "confirmed": len(self.ids) - len(tails), "decoded": len(tails),
                      "reused": len(reused), "tokens": decoded_tokens}
         return done
-
-
-def tolerance(value: float, dtype: torch.dtype) -> float:
-    """A lead smaller than this may be rounding: the teacher-forced pass and generate()'s cached decoding sum in
-    other orders."""
-    return max(1e-3, 8 * torch.finfo(dtype).eps * abs(value))
 
 
 def _accept(draft: list[int], res, settings: GenSettings, eos: set[int], dtype) -> tuple[list[int], bool]:

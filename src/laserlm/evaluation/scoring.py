@@ -30,14 +30,23 @@ class Request:
     topk_pos: int | None = None
     key: tuple = ()  # (example position, role, sub-index), for the caller
     argmax: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)  # (position, token ids barred there)
+    # The token expected at each argmax position (a generation's draft): the picks stop at the first position whose
+    # greedy token differs from it or leads by less than `tolerance`, since nothing after it is used.
+    expect: list[int] | None = None
 
 
 @dataclass
 class Result:
     logprobs: list[float] = field(default_factory=list)  # one per target
     top: list[int] = field(default_factory=list)  # top-k token ids at topk_pos, best first
-    argmax: list[int] = field(default_factory=list)  # the greedy token at each argmax position
+    argmax: list[int] = field(default_factory=list)  # the greedy token at each argmax position (up to a stop)
     margins: list[tuple[float, float]] = field(default_factory=list)  # (its logit, its lead over the runner-up)
+
+
+def tolerance(value: float, dtype: torch.dtype) -> float:
+    """A lead smaller than this may be rounding: a teacher-forced pass and generate()'s cached decoding sum in other
+    orders."""
+    return max(1e-3, 8 * torch.finfo(dtype).eps * abs(value))
 
 
 def is_masked_lm(model: nn.Module) -> bool:
@@ -163,7 +172,8 @@ class Scorer:
     def _score_gathered(self, flat: torch.Tensor, pending, results) -> None:
         """Head, log-softmax and picks over the gathered rows, HEAD_ROWS at a time: one batch of short rows
         can gather thousands of positions, and their logits over a large vocabulary would not fit."""
-        tok_rows, tok_ids, top_rows, arg_rows, barred = [], [], [], [], []
+        tok_rows, tok_ids, top_rows = [], [], []
+        greedy = _Greedy()
         offset = 0
         for _flat, reqs, targets, tops, argmaxes, n in pending:
             for r, where, top, args in zip(reqs, targets, tops, argmaxes):
@@ -171,38 +181,34 @@ class Scorer:
                 tok_ids += [t for _, t in r.targets]
                 if top is not None:
                     top_rows.append(offset + top)
-                arg_rows += [offset + w for w in args]
-                barred += [bar for _, bar in r.argmax]
+                greedy.add([offset + w for w in args], [bar for _, bar in r.argmax], r.expect)
             offset += n
         tok_rows_t = torch.tensor(tok_rows, dtype=torch.long)
         tok_ids_t = torch.tensor(tok_ids, dtype=torch.long)
         top_rows_t = torch.tensor(top_rows, dtype=torch.long)
         picked = torch.empty(len(tok_rows), dtype=torch.float32)
         tops_t = torch.empty((len(top_rows), 0), dtype=torch.long)
-        greedy = _Greedy(arg_rows, barred)
-        for start in range(0, len(flat), HEAD_ROWS):
-            end = min(start + HEAD_ROWS, len(flat))
-            logits = self.head(flat[start:end]).float() if self.fast else flat[start:end]
-            # log-softmax only where a log-probability or a top-k is asked: a generation's greedy picks (most rows
-            # of a generation metric's pass) need the logits alone.
-            tok_sel = (tok_rows_t >= start) & (tok_rows_t < end)
-            top_sel = (top_rows_t >= start) & (top_rows_t < end)
-            need = torch.unique(torch.cat([tok_rows_t[tok_sel], top_rows_t[top_sel]]) - start)
-            at = torch.full((end - start,), -1, dtype=torch.long)
-            at[need] = torch.arange(len(need))
-            logp = torch.log_softmax(logits[need.to(logits.device)], dim=-1)
+        # The head runs where a log-probability or a top-k is asked; greedy picks (most rows of a generation
+        # metric's pass) get head passes of their own, position by position along each draft.
+        scored = torch.unique(torch.cat([tok_rows_t, top_rows_t]))
+        for start in range(0, len(scored), HEAD_ROWS):
+            rows_here = scored[start:start + HEAD_ROWS]
+            logp = torch.log_softmax(self._logits(flat, rows_here), dim=-1)
+            at = torch.full((len(flat),), -1, dtype=torch.long)
+            at[rows_here] = torch.arange(len(rows_here))
+            tok_sel, top_sel = at[tok_rows_t] >= 0, at[top_rows_t] >= 0
             if tok_sel.any():
-                idx = at[tok_rows_t[tok_sel] - start].to(logp.device)
+                idx = at[tok_rows_t[tok_sel]].to(logp.device)
                 picked[tok_sel] = logp[idx, tok_ids_t[tok_sel].to(logp.device)].cpu()
             if top_sel.any():
-                idx = at[top_rows_t[top_sel] - start].to(logp.device)
+                idx = at[top_rows_t[top_sel]].to(logp.device)
                 top = logp[idx].topk(min(TOPK, logp.shape[-1])).indices.cpu()
                 if tops_t.shape[1] == 0:
                     tops_t = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
                 tops_t[top_sel] = top
-            greedy.pick(logits, start, end)
+        greedy.run(lambda rows: self._logits(flat, rows), next(self.model.parameters()).dtype)
         picked_l, tops_l = picked.tolist(), tops_t.tolist()
-        k = t = a = 0
+        k = t = g = 0
         for flat_idx, reqs, *_ in pending:
             for i, r in zip(flat_idx, reqs):
                 res = Result(logprobs=picked_l[k:k + len(r.targets)])
@@ -210,27 +216,67 @@ class Scorer:
                 if r.topk_pos is not None:
                     res.top = tops_l[t]
                     t += 1
-                if r.argmax:
-                    res.argmax, res.margins = greedy.tokens[a:a + len(r.argmax)], greedy.margins[a:a + len(r.argmax)]
-                    a += len(r.argmax)
+                res.argmax, res.margins = greedy.picks(g)
+                g += 1
                 results[i] = res
+
+    def _logits(self, flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """float32 logits at gathered rows (`flat` holds hidden states, or the logits themselves when not fast)."""
+        picked = flat[rows.to(flat.device)]
+        return self.head(picked).float() if self.fast else picked.float()
 
 
 class _Greedy:
     """Greedy picks at gathered rows, as generate() makes them: the argmax of the float32 logits with the barred
-    tokens (EOS before min_new_tokens) at -inf; with each pick, its logit and its lead over the runner-up."""
+    tokens (EOS before min_new_tokens) at -inf; with each pick, its logit and its lead over the runner-up.
 
-    def __init__(self, rows: list[int], barred: list[tuple[int, ...]]):
-        self.rows = torch.tensor(rows, dtype=torch.long)
-        self.barred = barred
-        self.tokens: list[int] = [0] * len(rows)
-        self.margins: list[tuple[float, float]] = [(0.0, 0.0)] * len(rows)
+    A request's picks form a group. With expected tokens (a draft), the group is picked one position per round, and
+    stops after the first position where the pick differs from the draft or leads by less than `tolerance`: what
+    follows is never read (generation.py decodes from there). On late-layer edits most drafts stop within two
+    tokens, so most of the head's work on draft positions is skipped."""
 
-    def pick(self, logits: torch.Tensor, start: int, end: int) -> None:
-        sel = ((self.rows >= start) & (self.rows < end)).nonzero().flatten().tolist()
-        if not sel:
-            return
-        scores = logits[(self.rows[sel] - start).to(logits.device)].float()
+    def __init__(self):
+        self.rows: list[int] = []
+        self.barred: list[tuple[int, ...]] = []
+        self.groups: list[tuple[int, int, list[int] | None]] = []  # (first pick, picks, expected tokens)
+        self.made: list[int] = []  # picks made per group
+
+    def add(self, rows: list[int], barred: list[tuple[int, ...]], expect: list[int] | None) -> None:
+        self.groups.append((len(self.rows), len(rows), expect))
+        self.rows += rows
+        self.barred += barred
+
+    def picks(self, g: int) -> tuple[list[int], list[tuple[float, float]]]:
+        first, made = self.groups[g][0], self.made[g]
+        return self.tokens[first:first + made], self.margins[first:first + made]
+
+    def run(self, logits_of, dtype: torch.dtype) -> None:
+        """Every group's picks; `logits_of(rows)` gives the float32 logits at gathered rows."""
+        self.tokens: list[int] = [0] * len(self.rows)
+        self.margins: list[tuple[float, float]] = [(0.0, 0.0)] * len(self.rows)
+        self.made = [count if expect is None else 0 for _, count, expect in self.groups]
+        alive = [g for g, (_, count, _) in enumerate(self.groups) if count]
+        step = 0
+        while alive:
+            todo = [k for g in alive for k in (
+                range(self.groups[g][0], self.groups[g][0] + self.groups[g][1]) if self.groups[g][2] is None
+                else [self.groups[g][0] + step])]
+            for s in range(0, len(todo), HEAD_ROWS):
+                chunk = todo[s:s + HEAD_ROWS]
+                self.pick(logits_of(torch.tensor([self.rows[k] for k in chunk], dtype=torch.long)), chunk)
+            going = []
+            for g in alive:
+                first, count, expect = self.groups[g]
+                if expect is None:
+                    continue
+                self.made[g] = step + 1
+                value, lead = self.margins[first + step]
+                if step + 1 < count and self.tokens[first + step] == expect[step] and lead >= tolerance(value, dtype):
+                    going.append(g)
+            alive, step = going, step + 1
+
+    def pick(self, scores: torch.Tensor, sel: list[int]) -> None:
+        """Picks `sel` (indices of self.rows) from their logits, one row each."""
         bars = [(j, [t for t in self.barred[k] if t < scores.shape[-1]]) for j, k in enumerate(sel) if self.barred[k]]
         if any(barred for _, barred in bars):  # ids past the vocabulary never win
             scores = scores.clone()
