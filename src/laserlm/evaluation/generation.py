@@ -1,13 +1,14 @@
-"""Greedy generation for gen01 and gen01_paper, at about the cost of scoring.
+"""Greedy generation for gen01 and gen01_paper, at as little more than the cost of scoring as exact ids allow.
 
-A search evaluates hundreds of edits on the same rows, and most edits change few of the model's generations. So
-the rows' greedy generation under the model as it was when they were prepared (the base model, in a search) is
+A search evaluates hundreds of edits on the same rows, and an edit often leaves a generation, or its first tokens,
+as the base model made it. So the rows' greedy generation under the model as it was when they were prepared (the base model, in a search) is
 kept as a draft, and each later evaluation verifies it instead of generating afresh, as speculative decoding
 does: one teacher-forced pass over prompt + draft (packed with the scoring requests, prefix-cached by the
 search like any other) gives the greedy token at every draft position. Up to the first position where the
 greedy token differs from the draft, the generation *is* the draft; at that position the greedy token is the
-one the pass computed; only the tokens after it need real decoding, by `model.generate()`, for those rows alone.
-A row whose draft is confirmed to its end (EOS, or the token budget) costs nothing more.
+one the pass computed; only the tokens after it need real decoding, by `model.generate()`, for those rows alone,
+from the keys and values the passes already computed (kv_reuse.py). A row whose draft is confirmed to its end
+(EOS, or the token budget) costs nothing more.
 
 Where the verified logits put two tokens within rounding of each other (a lead under `tolerance`), the pass
 does not decide: `generate()` continues from the last certain token. The generated ids are then those of plain
