@@ -125,3 +125,27 @@ def test_the_demo_generates_what_generate_does_under_an_edit():
         want = generate_ids(scorer, prompts, [10] * len(rows), [1] * len(rows))
     assert got == want
     assert prepared.drafts.last["decoded"] > 0 and prepared.drafts.last["confirmed"] > 0
+
+
+def test_greedy_picks_along_a_draft_stop_where_it_is_left():
+    """Picks with expected tokens are made position by position and stop after the first one that leaves them:
+    identical picks up to there, and the head runs on no later position."""
+    from laserlm.evaluation.scoring import Request
+
+    model, tok = build_tiny("llama"), tiny_tokenizer()
+    scorer = Scorer(model, tok)
+    ids = tok("[BOS] the cat sat on the mat and the dog")["input_ids"]
+    asks = [(p, ()) for p in range(2, len(ids))]
+    full = scorer.run([Request(ids, [], None, (0,), asks)])[0]
+    assert len(full.argmax) == len(asks) and min(lead for _, lead in full.margins[:4]) > 1e-3
+    followed = scorer.run([Request(ids, [], None, (0,), asks, expect=full.argmax)])[0]
+    # A head pass over one row or nine rounds alike up to the last bits: the picks are equal, the margins within 1e-5.
+    assert followed.argmax == full.argmax
+    assert torch.allclose(torch.tensor(followed.margins), torch.tensor(full.margins), atol=1e-5)
+    rows, head = [], scorer.head
+    scorer.head = lambda h: rows.append(len(h)) or head(h)
+    left = full.argmax[:3] + [(full.argmax[3] + 1) % 97] + full.argmax[4:]
+    cut = scorer.run([Request(ids, [], None, (0,), asks, expect=left)])[0]
+    assert cut.argmax == full.argmax[:4]
+    assert torch.allclose(torch.tensor(cut.margins), torch.tensor(full.margins[:4]), atol=1e-5)
+    assert sum(rows) == 4  # positions 0-3, one head pass each
