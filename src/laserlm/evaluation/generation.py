@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .kv_reuse import PassKV, cache_name, prefix_kv, supported, tail_cache, window
-from .scoring import Request, Scorer, max_positions, tolerance
+from .greedy import tolerance
+from .scoring import Request, Scorer, max_positions
 
 # Logits processors a generation config may switch on: any of them makes a greedy token depend on more than the
 # logits, so drafts are not verified (plain generate() every time).

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..core.architectures import ARCHITECTURES
 from ..errors import UserError
+from .greedy import Greedy
 from .kv_reuse import cache_name
 from .packing import TREE_ATTENTION, Collated, batch_packs, collate, group, trie
 
@@ -41,12 +42,6 @@ class Result:
     top: list[int] = field(default_factory=list)  # top-k token ids at topk_pos, best first
     argmax: list[int] = field(default_factory=list)  # the greedy token at each argmax position (up to a stop)
     margins: list[tuple[float, float]] = field(default_factory=list)  # (its logit, its lead over the runner-up)
-
-
-def tolerance(value: float, dtype: torch.dtype) -> float:
-    """A lead smaller than this may be rounding: a teacher-forced pass and generate()'s cached decoding sum in other
-    orders."""
-    return max(1e-3, 8 * torch.finfo(dtype).eps * abs(value))
 
 
 def is_masked_lm(model: nn.Module) -> bool:
@@ -173,7 +168,7 @@ class Scorer:
         """Head, log-softmax and picks over the gathered rows, HEAD_ROWS at a time: one batch of short rows
         can gather thousands of positions, and their logits over a large vocabulary would not fit."""
         tok_rows, tok_ids, top_rows = [], [], []
-        greedy = _Greedy()
+        greedy = Greedy()
         offset = 0
         for _flat, reqs, targets, tops, argmaxes, n in pending:
             for r, where, top, args in zip(reqs, targets, tops, argmaxes):
@@ -206,7 +201,7 @@ class Scorer:
                 if tops_t.shape[1] == 0:
                     tops_t = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
                 tops_t[top_sel] = top
-        greedy.run(lambda rows: self._logits(flat, rows), next(self.model.parameters()).dtype)
+        greedy.run(lambda rows: self._logits(flat, rows), next(self.model.parameters()).dtype, HEAD_ROWS)
         picked_l, tops_l = picked.tolist(), tops_t.tolist()
         k = t = g = 0
         for flat_idx, reqs, *_ in pending:
@@ -224,69 +219,6 @@ class Scorer:
         """float32 logits at gathered rows (`flat` holds hidden states, or the logits themselves when not fast)."""
         picked = flat[rows.to(flat.device)]
         return self.head(picked).float() if self.fast else picked.float()
-
-
-class _Greedy:
-    """Greedy picks at gathered rows, as generate() makes them: the argmax of the float32 logits with the barred
-    tokens (EOS before min_new_tokens) at -inf; with each pick, its logit and its lead over the runner-up.
-
-    A request's picks form a group. With expected tokens (a draft), the group is picked one position per round, and
-    stops after the first position where the pick differs from the draft or leads by less than `tolerance`: what
-    follows is never read (generation.py decodes from there). On late-layer edits most drafts stop within two
-    tokens, so most of the head's work on draft positions is skipped."""
-
-    def __init__(self):
-        self.rows: list[int] = []
-        self.barred: list[tuple[int, ...]] = []
-        self.groups: list[tuple[int, int, list[int] | None]] = []  # (first pick, picks, expected tokens)
-        self.made: list[int] = []  # picks made per group
-
-    def add(self, rows: list[int], barred: list[tuple[int, ...]], expect: list[int] | None) -> None:
-        self.groups.append((len(self.rows), len(rows), expect))
-        self.rows += rows
-        self.barred += barred
-
-    def picks(self, g: int) -> tuple[list[int], list[tuple[float, float]]]:
-        first, made = self.groups[g][0], self.made[g]
-        return self.tokens[first:first + made], self.margins[first:first + made]
-
-    def run(self, logits_of, dtype: torch.dtype) -> None:
-        """Every group's picks; `logits_of(rows)` gives the float32 logits at gathered rows."""
-        self.tokens: list[int] = [0] * len(self.rows)
-        self.margins: list[tuple[float, float]] = [(0.0, 0.0)] * len(self.rows)
-        self.made = [count if expect is None else 0 for _, count, expect in self.groups]
-        alive = [g for g, (_, count, _) in enumerate(self.groups) if count]
-        step = 0
-        while alive:
-            todo = [k for g in alive for k in (
-                range(self.groups[g][0], self.groups[g][0] + self.groups[g][1]) if self.groups[g][2] is None
-                else [self.groups[g][0] + step])]
-            for s in range(0, len(todo), HEAD_ROWS):
-                chunk = todo[s:s + HEAD_ROWS]
-                self.pick(logits_of(torch.tensor([self.rows[k] for k in chunk], dtype=torch.long)), chunk)
-            going = []
-            for g in alive:
-                first, count, expect = self.groups[g]
-                if expect is None:
-                    continue
-                self.made[g] = step + 1
-                value, lead = self.margins[first + step]
-                if step + 1 < count and self.tokens[first + step] == expect[step] and lead >= tolerance(value, dtype):
-                    going.append(g)
-            alive, step = going, step + 1
-
-    def pick(self, scores: torch.Tensor, sel: list[int]) -> None:
-        """Picks `sel` (indices of self.rows) from their logits, one row each."""
-        bars = [(j, [t for t in self.barred[k] if t < scores.shape[-1]]) for j, k in enumerate(sel) if self.barred[k]]
-        if any(barred for _, barred in bars):  # ids past the vocabulary never win
-            scores = scores.clone()
-            for j, barred in bars:
-                scores[j, barred] = float("-inf")
-        top2 = scores.topk(min(2, scores.shape[-1]), dim=-1)
-        best, top2 = top2.indices[:, 0], top2.values
-        lead = (top2[:, 0] - top2[:, -1]) if top2.shape[-1] > 1 else torch.full_like(top2[:, 0], float("inf"))
-        for k, tok, value, gap in zip(sel, best.tolist(), top2[:, 0].tolist(), lead.tolist()):
-            self.tokens[k], self.margins[k] = tok, (value, gap)
 
 
 # -- encoding ---------------------------------------------------------------------------------------
