@@ -1,14 +1,14 @@
 """Greedy generation for gen01 and gen01_paper, at as little more than the cost of scoring as exact ids allow.
 
 A search evaluates hundreds of edits on the same rows, and an edit often leaves a generation, or its first tokens,
-as the base model made it. So the rows' greedy generation under the model as it was when they were prepared (the base model, in a search) is
-kept as a draft, and each later evaluation verifies it instead of generating afresh, as speculative decoding
-does: one teacher-forced pass over prompt + draft (packed with the scoring requests, prefix-cached by the
-search like any other) gives the greedy token at every draft position. Up to the first position where the
-greedy token differs from the draft, the generation *is* the draft; at that position the greedy token is the
-one the pass computed; only the tokens after it need real decoding, by `model.generate()`, for those rows alone,
-from the keys and values the passes already computed (kv_reuse.py). A row whose draft is confirmed to its end
-(EOS, or the token budget) costs nothing more.
+as the base model made it. So the rows' greedy generation under the model as it was when they were prepared (the
+base model, in a search) is kept as a draft, and each later evaluation verifies it instead of generating afresh, as
+speculative decoding does: one teacher-forced pass over prompt + draft (packed with the scoring requests,
+prefix-cached by the search like any other) gives the greedy token at every draft position. Up to the first position
+where the greedy token differs from the draft, the generation *is* the draft; at that position the greedy token is
+the one the pass computed; only the tokens after it need real decoding, by `model.generate()`, for those rows alone,
+from the keys and values the passes already computed (kv_reuse.py). A row whose draft is confirmed to its end (EOS,
+or the token budget) costs nothing more.
 
 Where the verified logits put two tokens within rounding of each other (a lead under `tolerance`), the pass
 does not decide: `generate()` continues from the last certain token. The generated ids are then those of plain
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kv_reuse import PassKV, cache_name, prefix_kv, supported, tail_cache, window
 from .greedy import tolerance
+from .kv_reuse import PassKV, cache_name, prefix_kv, supported, tail_cache, window
 from .scoring import Request, Scorer, max_positions
 
 # Logits processors a generation config may switch on: any of them makes a greedy token depend on more than the
@@ -95,7 +95,8 @@ def generate_ids(scorer: Scorer, prefixes: list[list[int]], budgets: list[int], 
             given = {}
             if cached and width > 1 and (limit is None or width + most <= limit):
                 given[cache_name(model)] = tail_cache(model, [past[i] for i in idx], width)
-                used is not None and used.extend(idx)
+                if used is not None:
+                    used.extend(idx)
             gen = model.generate(input_ids=ids.to(scorer.device), attention_mask=mask.to(scorer.device),
                                  **given, **greedy_kwargs(scorer, most, least))
             for row, i in enumerate(idx):
@@ -149,7 +150,8 @@ class Drafts:
         calls this before it walks the layers: they stand for the blocks its passes skip, as the prefix cache's
         hidden states do. Plain evaluations need none (their pass runs every block)."""
         if self.base is None and self.reuses(scorer):
-            requests = self.requests(scorer)
+            # The keys are all this pass is for: its requests ask the head for nothing.
+            requests = [Request(q.ids, [], None, q.key) for q in self.requests(scorer)]
             self.base = self.recording(scorer, requests)
             scorer.run(requests, kv=self.base)
 

@@ -25,6 +25,8 @@ class Greedy:
         self.barred: list[tuple[int, ...]] = []
         self.groups: list[tuple[int, int, list[int] | None]] = []  # (first pick, picks, expected tokens)
         self.made: list[int] = []  # picks made per group
+        self.tokens: list[int] = []  # per pick, once run
+        self.margins: list[tuple[float, float]] = []
 
     def add(self, rows: list[int], barred: list[tuple[int, ...]], expect: list[int] | None) -> None:
         self.groups.append((len(self.rows), len(rows), expect))
@@ -37,15 +39,16 @@ class Greedy:
 
     def run(self, logits_of, dtype: torch.dtype, chunk: int) -> None:
         """Every group's picks; `logits_of(rows)` gives the float32 logits at gathered rows, `chunk` rows at most."""
-        self.tokens: list[int] = [0] * len(self.rows)
-        self.margins: list[tuple[float, float]] = [(0.0, 0.0)] * len(self.rows)
+        self.tokens = [0] * len(self.rows)
+        self.margins = [(0.0, 0.0)] * len(self.rows)
         self.made = [count if expect is None else 0 for _, count, expect in self.groups]
         alive = [g for g, (_, count, _) in enumerate(self.groups) if count]
         step = 0
         while alive:
-            todo = [k for g in alive for k in (
-                range(self.groups[g][0], self.groups[g][0] + self.groups[g][1]) if self.groups[g][2] is None
-                else [self.groups[g][0] + step])]
+            todo = []  # picks due this round: a group without a draft all at once, one with a draft its next one
+            for g in alive:
+                first, count, expect = self.groups[g]
+                todo += range(first, first + count) if expect is None else [first + step]
             for s in range(0, len(todo), chunk):
                 part = todo[s:s + chunk]
                 self.pick(logits_of(torch.tensor([self.rows[k] for k in part], dtype=torch.long)), part)

@@ -145,8 +145,9 @@ class Scorer:
             tops = [None if r.topk_pos is None else where.setdefault(inputs.at(j, r.topk_pos), len(where))
                     for j, r in enumerate(reqs)]
             argmaxes = [[where.setdefault(inputs.at(j, p), len(where)) for p, _ in r.argmax] for j, r in enumerate(reqs)]
-            rows = torch.tensor([rc[0] for rc in where], device=self.device)
-            cols = torch.tensor([rc[1] for rc in where], device=self.device)
+            # long even when empty: a batch may ask for nothing (a pass run only for the keys it records)
+            rows = torch.tensor([rc[0] for rc in where], dtype=torch.long, device=self.device)
+            cols = torch.tensor([rc[1] for rc in where], dtype=torch.long, device=self.device)
             recorder = kv.recorder(inputs, flat, reqs) if kv is not None and self.fast else None
             with context(b) if context is not None else nullcontext():
                 if self.fast:
