@@ -3,8 +3,8 @@
     python benchmarks/shortlist.py [--model demo] [--full-from runs/repro-full] [--matrices 4]
 
 For each offline benchmark (bb_wikidata, bb_epistemic, truthfulqa, truthfulqa_mc1; paper protocol, its metric):
-- (a) full grid: `mlp_in`, `mlp_out` x --layers x the authors' nine rho, selected on --limit val rows. With --full-from, read from
-  a `laser reproduce` folder of those rows (its best.json and its sweep time), else swept here;
+- (a) full grid: `mlp_in`, `mlp_out` x --layers x the authors' nine rho, selected on --limit val rows. With
+  --full-from, read from a `laser reproduce` folder of those rows (its best.json and its sweep time), else swept here;
 - (b) gradient shortlist: matrices ranked by the gradient of their singular values from one backward pass on
   --rows val rows (`--prescreen grad-matrix`), the --matrices best kept, their svd candidates scored on the same
   --rows rows, the best selected;
@@ -21,16 +21,16 @@ import time
 from pathlib import Path
 
 from laserlm import Edit, edited, get_layout, load_model
+from laserlm.core.edits import parse_layers
 from laserlm.core.svd import SVDCache
 from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.metrics import choose_metrics, row_values
+from laserlm.evaluation.protocols import REPRODUCE_RHOS
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.stats import compare
 from laserlm.evaluation.tasks import load_task
 from laserlm.sweep.prescreen import prescreen, shortlist
 from laserlm.sweep.store import ResultStore
-from laserlm.core.edits import parse_layers
-from laserlm.evaluation.protocols import REPRODUCE_RHOS
 from laserlm.sweep.sweeper import Sweeper, best_row, grid
 
 BENCHMARKS = ("bb_wikidata", "bb_epistemic", "truthfulqa", "truthfulqa_mc1")

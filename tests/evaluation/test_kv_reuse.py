@@ -75,6 +75,15 @@ def test_the_search_keeps_its_base_pass_keys_rather_than_running_another_pass():
     assert last["reused"] == last["decoded"] > 0
 
 
+def test_a_head_of_the_rows_keeps_their_base_keys_and_records_nothing_more():
+    model, tok, rows, prepared = _prepared("llama")
+    prepared.drafts.record_base(prepared.scorer)
+    base, head = prepared.drafts.base, prepared.head(8).drafts.base  # halving's first round
+    assert sorted(base.kv) == list(range(len(rows))) and sorted(head.kv) == list(range(8))
+    assert all(head.kv[r][layer][0] is base.kv[r][layer][0] for r in range(8) for layer in base.kv[r])
+    assert head.whole and head.rows_of == {} and base.rows_of
+
+
 def test_a_pass_past_its_budget_keeps_nothing_and_tails_prefill(monkeypatch):
     monkeypatch.setattr(kv_reuse, "CPU_BUDGET", 1000)
     model, tok, rows, prepared = _prepared("llama")

@@ -18,6 +18,7 @@ the last prefix token and the new ones.
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -113,9 +114,9 @@ class PassKV:
             self.kv[row] = {l: (k[start:start + n], v[start:start + n]) for l, (k, v) in rec.seen.items()}
 
     def head(self, n: int) -> "PassKV":
-        out = PassKV.__new__(PassKV)
-        out.config, out.rows_of, out.room, out.whole = self.config, {}, self.room, self.whole
-        out.kv = {r: kv for r, kv in self.kv.items() if r < n}
+        """The first n draft rows' keys and values (halving's smaller row sets), recording nothing more."""
+        out = copy.copy(self)
+        out.rows_of, out.kv = {}, {r: kv for r, kv in self.kv.items() if r < n}
         return out
 
 
