@@ -133,6 +133,7 @@ class Drafts:
     settings: GenSettings
     verified: bool  # False: every evaluation runs plain generate()
     last: dict = field(default_factory=dict)  # rows confirmed whole / decoded further, in the last evaluation
+    generated: list[list[int]] = field(default_factory=list)  # each row's generation, in the last evaluation
     base: PassKV | None = None
 
     @classmethod
@@ -212,6 +213,7 @@ class Drafts:
             for i, extra in zip(rows, more):
                 done[i] = tails[i] + extra
             decoded_tokens = sum(map(len, more))
+        self.generated = done
         self.last = {"rows": len(self.ids), "confirmed": len(self.ids) - len(tails), "decoded": len(tails),
                      "reused": len(reused), "tokens": decoded_tokens}
         return done
