@@ -13,17 +13,36 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
+def anchors(page: Path) -> set[str]:
+    """The headings' anchors as GitHub makes them: lower case, punctuation but - and _ dropped, spaces to -, and a
+    repeated one numbered."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"^#{1,6}\s+(.*?)\s*$", line):
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).lower()).replace(" ", "-")
+            out.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+    return out
+
+
+def test_heading_anchors_are_githubs():
+    page = ROOT / "docs" / "benchmarks.md"
+    assert "laser-reproduce-exhaustive-against---halving-reproduce_speedpy" in anchors(page)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_relative_link_and_image_resolves(page):
     text = page.read_text(encoding="utf-8")
     missing = []
     for target in LINK.findall(text):
-        if re.match(r"^[a-z]+:", target) or target.startswith("#"):
-            continue  # a web address, or an anchor on this page
-        path = (page.parent / target.split("#")[0]).resolve()
-        if not path.exists():
+        if re.match(r"^[a-z]+:", target):
+            continue  # a web address
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        if not path.exists() or (anchor and path.suffix == ".md" and anchor not in anchors(path)):
             missing.append(target)
-    assert not missing, f"{page.name} links to files that do not exist: {missing}"
+    assert not missing, f"{page.name} links to files or headings that do not exist: {missing}"
 
 
 def test_the_cli_page_is_the_parsers_own_help():
