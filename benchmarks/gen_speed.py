@@ -31,6 +31,7 @@ from laserlm.evaluation.evaluate import Prepared
 from laserlm.evaluation.metrics import choose_metrics
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import load_task
+from laserlm.sweep.compress import parameter_count
 from laserlm.sweep.store import ResultStore
 from laserlm.sweep.sweeper import Sweeper, grid
 
@@ -67,7 +68,7 @@ def exact_floor(layer: int, layout, scoring, drafts, lasts: list[dict]) -> float
     for free every token the base draft or an earlier candidate of this layer generated after the same prefix:
     a lower bound, averaged over the candidates."""
     model = layout.model
-    block = sum(p.numel() for p in model.get_submodule(layout.blocks)[0].parameters())
+    block = parameter_count(model.get_submodule(layout.blocks)[0])
     head = model.get_output_embeddings().weight.numel()
     above, below = layout.n_layers - layer, layer
     heads = sum(len({p for p, _ in q.targets} | ({q.topk_pos} - {None})) for q in scoring.requests)

@@ -3,6 +3,7 @@ help, and README's first screen shows a picture and the first commands."""
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
+@functools.cache  # a page is read once, however many links point into it
 def anchors(page: Path) -> set[str]:
     """The headings' anchors as GitHub makes them: lower case, punctuation but - and _ dropped, spaces to -, and a
     repeated one numbered."""
