@@ -266,14 +266,33 @@ class _TinyViT(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(_Block() for _ in range(4))
 
 
-def test_discovery_fallback_says_so(capsys):
+def test_structure_names_a_custom_model_by_role():
+    """No config, no table: the blocks, the attention and the MLP are found by structure, matrices named by role."""
     model = _TinyViT()
     layout = get_layout(model)
-    assert layout.source == "discovered" and layout.n_layers == 4
-    assert set(layout.types) == {"attn.qkv", "mlp.fc1", "mlp.fc2"}
-    assert "no architecture entry" in capsys.readouterr().err
-    with edited(model, ["mlp.fc1:3:k=2"]):
+    assert layout.source == "structure" and layout.n_layers == 4 and layout.blocks == "blocks"
+    assert layout.patterns == {"mlp_in": "blocks.{layer}.mlp.fc1", "mlp_out": "blocks.{layer}.mlp.fc2",
+                               "attn_qkv": "blocks.{layer}.attn.qkv"}
+    with edited(model, ["mlp_in:3:k=2"]):
         assert torch.linalg.matrix_rank(model.blocks[3].mlp.fc1.weight.detach()).item() == 2
+
+
+class _Odd(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+
+def test_discovery_fallback_says_so(capsys):
+    """Blocks with no attention or MLP that structure can name: every matrix keeps its path, and it is said."""
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(_Odd() for _ in range(3))
+    layout = get_layout(model)
+    assert layout.source == "discovered" and layout.n_layers == 3
+    assert set(layout.types) == {"a", "b"}
+    assert "no architecture entry" in capsys.readouterr().err
+    with edited(model, ["a:2:k=2"]):
+        assert torch.linalg.matrix_rank(model.blocks[2].a.weight.detach()).item() == 2
 
 
 def test_module_patterns_on_any_module():

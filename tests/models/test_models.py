@@ -24,7 +24,7 @@ def test_folder_loads_with_the_right_head(tiny_folder, arch):
 def test_dtype_is_kept(tiny_folder, arch):
     model = load_model(str(tiny_folder), dtype="bfloat16").model
     assert next(model.parameters()).dtype == torch.bfloat16
-    with pytest.raises(UserError, match="unknown --dtype"):
+    with pytest.raises(UserError, match="unknown dtype .float8.: use auto"):
         load_model(str(tiny_folder), dtype="float8")
 
 

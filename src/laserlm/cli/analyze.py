@@ -280,7 +280,8 @@ def _reg_perplexity(q):
 
 def _reg_flips(q):
     q.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by laser search")
-    q.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    q.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="weights dtype: auto (default) is the checkpoint's own on a GPU, float32 on the CPU")
     q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: CUDA when available (default auto)")
     add_batch_args(q)
     add_svd_args(q)

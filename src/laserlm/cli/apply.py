@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .options import add_edit_args, add_model_args, load_from_args, output_dir, svd_cache_from_args
+from .options import (add_edit_args, add_model_args, add_save_dtype, load_from_args, output_dir, save_dtype,
+                      svd_cache_from_args)
 
 
 def _folder_size(path: Path) -> int:
@@ -30,14 +31,15 @@ def run_apply(args) -> int:
     layout = get_layout(loaded.model, args.module_pattern)
     before = sum(p.numel() for p in loaded.model.parameters())
     t0 = time.perf_counter()
-    recipe = export(loaded, args.edit, args.output, factorized=args.factorized, layout=layout, svd_cache=cache)
+    recipe = export(loaded, args.edit, args.output, factorized=args.factorized, layout=layout, svd_cache=cache,
+                    save_dtype=save_dtype(args, loaded))
     after = sum(p.numel() for p in loaded.model.parameters())
     out = Path(args.output)
     print(f"applied {len(recipe['edits'])} edits in {time.perf_counter() - t0:.1f} s "
           f"({cache.computed} SVDs computed, {cache.disk_hits} from the cache)")
     if recipe["factorized"]:
         print(f"factorized {len(recipe['factorized'])} matrices: {before:,} -> {after:,} parameters")
-    print(f"wrote {out} ({_human(_folder_size(out))})")
+    print(f"wrote {out} ({_human(_folder_size(out))}, {recipe['dtype']})")
     return 0
 
 
@@ -45,6 +47,7 @@ def register_apply(p):
     add_model_args(p)
     add_edit_args(p, required=True)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="new folder for the edited model")
+    add_save_dtype(p)
     p.add_argument("--factorized", action="store_true",
                    help="store each reduced matrix as two factors (m x k, k x n) where that is smaller; "
                         "laserlm loads the folder with the same logits")

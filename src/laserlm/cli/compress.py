@@ -10,13 +10,14 @@ import sys
 from pathlib import Path
 
 from .jobs import add_speed_args, check_speed_args, task_search
-from .options import add_model_args, add_svd_args, add_task_args, non_negative_float, output_dir, positive_int
+from .options import (add_model_args, add_save_dtype, add_svd_args, add_task_args, non_negative_float, output_dir,
+                      positive_int, save_dtype)
 
 EXAMPLE = """laser compress demo -t bb_wikidata --metric top1 --limit 300 -o runs/compress
 laser compress demo -t bb_epistemic --types mlp --layers 15-29 --methods svd,cluster4 --tolerance 0.01 -o runs/c2"""
 
 
-def _export(loaded, stack, folder: Path, layout, cache) -> None:
+def _export(loaded, stack, folder: Path, layout, cache, dtype=None) -> None:
     """The factorized folder of the stack, written beside and renamed into place (a kill never leaves half)."""
     from ..models.export import export
     from ..models.factorized import read_recipe
@@ -26,7 +27,7 @@ def _export(loaded, stack, folder: Path, layout, cache) -> None:
         return
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    export(loaded, stack, tmp, factorized=True, layout=layout, svd_cache=cache)
+    export(loaded, stack, tmp, factorized=True, layout=layout, svd_cache=cache, save_dtype=dtype)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -57,7 +58,7 @@ def run_compress(args) -> int:
     vocab = getattr(loaded.model.config, "vocab_size", 1000)
     before = {"parameters": parameter_count(loaded.model), "weight_bytes": weight_bytes(loaded.model),
               "tokens_per_second": tokens_per_second(loaded.model, vocab)}
-    _export(loaded, greedy.stack, out / "model", layout, cache)
+    _export(loaded, greedy.stack, out / "model", layout, cache, save_dtype(args, loaded))
     reloaded = load_model(str(out / "model"), dtype=args.dtype, device=args.device)
     after = {"parameters": parameter_count(reloaded.model), "weight_bytes": weight_bytes(reloaded.model),
              "folder_bytes": sum(p.stat().st_size for p in (out / "model").iterdir() if p.suffix == ".safetensors"),
@@ -98,6 +99,7 @@ def register_compress(p):
     add_model_args(p)
     add_task_args(p, required=True)
     add_svd_args(p)
+    add_save_dtype(p)
     p.add_argument("--types", default="mlp", help="matrix types or groups to reduce (default mlp: every MLP matrix)")
     p.add_argument("--layers", default="all", metavar="SPEC", help="layers: 20-27, 3,5,9 or all (default all)")
     p.add_argument("--rhos", metavar="R1,R2",

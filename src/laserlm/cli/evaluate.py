@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_edit_args, add_model_args, add_task_args, fit_task, lm_eval_include, load_from_args,
+from .options import (select_rows, add_edit_args, add_model_args, add_task_args, fit_task, lm_eval_include, load_from_args,
                       output_file, positive_int, print_metrics, read_text, scorer_for, svd_cache_from_args,
                       task_from_args, task_metrics)
 
@@ -104,7 +104,7 @@ def run_eval(args) -> int:
     loaded = load_from_args(args)
     if task:
         fit_task(task, loaded.tokenizer)
-    examples = task.select(args.split, args.split_seed, args.limit) if task else None
+    examples = select_rows(task, args.split, args.split_seed, args.limit, args, loaded.tokenizer) if task else None
     metrics = task_metrics(task, names, loaded, examples) if task else None
     layout = get_layout(loaded.model, args.module_pattern)
     steps = plan(loaded.model, args.edit, layout)

@@ -57,13 +57,18 @@ def _absolute(path: str | None) -> str | None:
     return str(Path(path).expanduser().resolve()) if path and Path(path).expanduser().exists() else path
 
 
+def _dtype_name(model) -> str:
+    """The dtype the weights were loaded in (what --dtype auto chose): what the results depend on."""
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
+
+
 def ray_sweep(args, layout, task: str, data: str | None, run_dir: Path, protocol: str):
     """The Ray backend, as the job's sweep: the driver evaluates the base row, the workers the rest."""
     from ..sweep.ray_backend import WorkerSpec, ray_sweep as sweep_on_ray
 
     def sweep(on_val, pending, on_done):
         spec = WorkerSpec(model=_absolute(args.model), task=_absolute(task), task_identity=on_val.context["task"],
-                          dtype=args.dtype, device=args.device, revision=args.revision,
+                          dtype=_dtype_name(layout.model), device=args.device, revision=args.revision,
                           module_patterns=args.module_pattern, data=_absolute(data),
                           split_seed=getattr(args, "split_seed", 0), limit=args.limit, batch_size=args.batch_size,
                           max_tokens=args.max_tokens, svd=args.svd, seed=args.seed, svd_disk=not args.no_svd_cache,
@@ -92,7 +97,7 @@ def text_job(args, *, loaded, layout, scorer, task, task_arg: str, data: str | N
         metric=metric, run_dir=Path(run_dir), types=types, layers=layers, amounts=amounts, methods=methods,
         cache=cache, compose=compose,
         identity={"model": loaded.identity, "task": task_identity(task_arg, data, protocol), "split_seed": split_seed},
-        numerics={"dtype": args.dtype, "svd": cache.label, "device": "cuda" if ray_gpus else device_type(loaded.model),
+        numerics={"dtype": _dtype_name(loaded.model), "svd": cache.label, "device": "cuda" if ray_gpus else device_type(loaded.model),
                   **text_numerics(metrics, task.gen())},
         info={"protocol": task.protocol,
               "args": {"model": args.model, "task": task_arg, "data": data, "limit": args.limit,
@@ -109,8 +114,8 @@ def task_search(args, default_rhos, run_dir: Path):
     from ..core.edits import parse_layers
     from ..core.layout import get_layout
     from ..evaluation.metrics import PRIMARY, choose_metrics
-    from .options import (fit_task, load_from_args, parse_amounts, scorer_for, svd_cache_from_args, task_from_args,
-                          task_metrics)
+    from .options import (fit_task, load_from_args, parse_amounts, scorer_for, select_rows, svd_cache_from_args,
+                          task_from_args, task_metrics)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     amounts = parse_amounts(args.rhos or ",".join(map(str, default_rhos)), methods)
@@ -120,8 +125,8 @@ def task_search(args, default_rhos, run_dir: Path):
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     fit_task(task, loaded.tokenizer)
-    val = task.select("val", args.split_seed, args.limit)
-    test = task.select("test", args.split_seed, args.test_limit or args.limit)
+    val = select_rows(task, "val", args.split_seed, args.limit, args, loaded.tokenizer)
+    test = select_rows(task, "test", args.split_seed, args.test_limit or args.limit, args, loaded.tokenizer)
     layout = get_layout(loaded.model, args.module_pattern)
     types = layout.expand_type_list(args.types)
     layers = parse_layers(args.layers, f"--layers {args.layers}")

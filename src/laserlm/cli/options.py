@@ -99,8 +99,13 @@ def formatter(prog):
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="hub id, local HF folder, .gguf file, or 'demo'")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
-                   help="weights dtype (default float32); SVDs are computed in float32 or better anyway")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="weights dtype. auto (default): the checkpoint's own dtype on a GPU (bfloat16 for a GGUF "
+                        "file), float32 on the CPU, where half-precision matmuls are slow. SVDs are computed in "
+                        "float32 or better whatever this is")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a hub model or folder run the modeling code it ships (transformers' trust_remote_code; "
+                        "off by default: read that code first)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto: CUDA when available (default auto)")
     p.add_argument("--revision", help="hub revision (branch, tag or commit) for hub ids")
     p.add_argument("--device-map", metavar="MAP",
@@ -127,14 +132,32 @@ def add_svd_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-svd-cache", action="store_true", help="do not read or write the on-disk SVD cache")
     p.add_argument("--svd-cache-gb", type=float, metavar="GB",
                    help="bound the on-disk SVD cache, evicting the least recently used entries "
-                        "(default $LASERLM_SVD_CACHE_GB, else unbounded)")
+                        "(default $LASERLM_SVD_CACHE_GB, else 20 GiB or half the free disk, whichever is less: "
+                        "enough for the paper's grid on a 7B model)")
 
 
 def load_from_args(args):
     from ..models.loading import load_model
 
     return load_model(args.model, dtype=args.dtype, device=args.device, revision=args.revision,
-                      device_map=args.device_map)
+                      device_map=args.device_map, trust_remote_code=getattr(args, "trust_remote_code", False))
+
+
+def add_save_dtype(p) -> None:
+    p.add_argument("--save-dtype", choices=["source", "float32", "float16", "bfloat16"], default="source",
+                   help="dtype of the weights written: source (default) is the checkpoint's own (bf16 in, bf16 out; "
+                        "bfloat16 for a GGUF file), whatever --dtype computed in")
+
+
+def save_dtype(args, loaded):
+    """The torch dtype --save-dtype names, `source` being the loaded checkpoint's own."""
+    import torch
+
+    from ..models.loading import resolve_dtype
+
+    if args.save_dtype == "source":
+        return loaded.source_dtype or next(loaded.model.parameters()).dtype
+    return resolve_dtype(args.save_dtype) if args.save_dtype in ("float32", "float16", "bfloat16") else torch.float32
 
 
 def svd_cache_from_args(args):
@@ -171,7 +194,25 @@ def add_task_args(p, required: bool) -> None:
                    help="seed of the 80/20 test/val split of rows without a 'split', for custom tasks and "
                         "--protocol laserlm (default 0)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N rows of the split")
+    add_chat_arg(p)
     add_batch_args(p)
+
+
+def add_chat_arg(p) -> None:
+    p.add_argument("--chat-template", action="store_true",
+                   help="prompt as an instruct model is used: each prompt is the user's turn of the tokenizer's chat "
+                        "template and the answer is scored as the start of the assistant's turn (off by default: "
+                        "the paper scored raw prompts); an error if the tokenizer has no template")
+
+
+def select_rows(task, split: str, seed: int, limit: int | None, args, tokenizer) -> list:
+    """The rows of a split, as --chat-template wants them."""
+    rows = task.select(split, seed, limit)
+    if getattr(args, "chat_template", False):
+        from ..evaluation.chat import chat_examples
+
+        rows = chat_examples(tokenizer, rows)
+    return rows
 
 
 def add_batch_args(p) -> None:

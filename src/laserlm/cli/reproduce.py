@@ -9,8 +9,8 @@ from pathlib import Path
 
 from ..errors import HubUnavailable, UserError
 from .jobs import add_speed_args, check_speed_args, text_job
-from .options import (add_batch_args, add_model_args, add_svd_args, fit_task, load_from_args, output_dir, parse_amounts,
-                      positive_int, scorer_for, svd_cache_from_args, task_metrics)
+from .options import (add_batch_args, add_chat_arg, add_model_args, add_svd_args, fit_task, load_from_args, output_dir,
+                      parse_amounts, positive_int, scorer_for, select_rows, svd_cache_from_args, task_metrics)
 
 PAPER_BENCHMARKS = ("counterfact", "hotpotqa", "fever", "bios_gender", "bios_profession", "truthfulqa",
                     "bb_epistemic", "bb_wikidata")
@@ -85,8 +85,8 @@ def run_reproduce(args) -> int:
             print(f"laser: {name} skipped: {skipped[name]}", file=sys.stderr)
             continue
         fit_task(task, loaded.tokenizer)
-        val = task.select("val", 0, args.limit)
-        test = task.select("test", 0, args.test_limit or args.limit)
+        val = select_rows(task, "val", 0, args.limit, args, loaded.tokenizer)
+        test = select_rows(task, "test", 0, args.test_limit or args.limit, args, loaded.tokenizer)
         layers, amounts, source = benchmark_grid(args, model_type_of(loaded.model), name, layout.n_layers)
         types = [t for t in ("mlp_in", "mlp_out") if t in layout.types]
         job = text_job(args, loaded=loaded, layout=layout, scorer=scorer, task=task, task_arg=name, data=data,
@@ -113,6 +113,7 @@ def run_reproduce(args) -> int:
 def register_reproduce(p):
     add_model_args(p)
     add_svd_args(p)
+    add_chat_arg(p)
     add_batch_args(p)
     p.add_argument("--benchmarks", default=",".join(PAPER_BENCHMARKS), metavar="LIST",
                    help=f"comma-separated (default all eight; offline without --data-dir: {','.join(OFFLINE)})")

@@ -59,8 +59,9 @@ def _fmt_amount(amount: Amount) -> str:
     return amount if isinstance(amount, str) else format(amount, "g")
 
 
-_EDIT_RE = re.compile(r"^(?:(?P<method>\w+)/)?(?P<type>[\w.]+):(?P<layers>[\d,\-]+|all)(?::(?P<amount>.+))?$")
-EDIT_HELP = "EDIT is [METHOD/]TYPE:LAYER:AMOUNT, e.g. mlp_in:27:0.01, mlp_out:20-27:k=8, zero/mlp_out:5"
+_EDIT_RE = re.compile(r"^(?:(?P<method>\w+)/)?(?P<type>[\w.]+(?:@\w+)?):(?P<layers>[\d,\-]+|all)(?::(?P<amount>.+))?$")
+EDIT_HELP = ("EDIT is [METHOD/]TYPE[@EXPERT]:LAYER:AMOUNT, e.g. mlp_in:27:0.01, mlp_out:20-27:k=8, zero/mlp_out:5, "
+             "mlp_in@3:12:0.1 (expert 3 of a mixture)")
 
 
 def parse_layers(text: str, edit: str) -> tuple[int, ...] | None:
@@ -145,8 +146,8 @@ class Step:
     def reduce(self, cache: SVDCache) -> Reduced:
         method = get_method(self.edit.method)
         weight = self.target.weight
-        if method.clusters:  # groups of output features: the rows of out x in, the columns of a Conv1D's in x out
-            conv = isinstance(self.target.module, Conv1D)
+        if method.clusters:  # groups of output features: the rows of out x in, the columns of an in x out matrix
+            conv = self.target.transposed
             groups = cache.clusters(weight, method.clusters, self.edit.amount, transpose=conv)
             reduced = method.fn(weight.T if conv else weight, self.edit.amount, groups)
             reduced.transposed = conv
@@ -164,27 +165,35 @@ def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = No
     layout = layout or get_layout(model)
     steps, seen = [], {}
     for edit in resolve_edits(edits, layout):
-        target = layout.target(edit.type, edit.layer)
-        if not is_matrix_module(target.module):
-            raise UserError(f"{edit} names {target.name}, which is not a Linear/Conv1D matrix")
-        if target.weight.device.type == "meta":
-            raise UserError(f"{edit} names {target.name}, which the device map offloads (its weight is on the meta "
-                            "device): give the device map more GPU or CPU memory so the layers you edit stay resident")
-        if getattr(target.module, "is_clustered", False):
-            raise UserError(f"{edit} names {target.name}, stored as clustered factors: edit the dense model instead "
-                            "(laser apply without --factorized)")
-        if target.name in seen:
-            raise UserError(f"edits {seen[target.name]} and {edit} both change {target.name}: keep one")
-        seen[target.name] = edit
-        method = get_method(edit.method)
-        if method.amount != "rank":
-            k = None
-        elif method.top_only and cache is not None:
-            k = cache.rank_for(edit.amount, target.shape)
-        else:
-            k = rank_for(edit.amount, target.shape)
-        steps.append(Step(edit, target, k))
+        for target in layout.target(edit.type, edit.layer).matrices():
+            check_target(edit, target)
+            if target.name in seen:
+                raise UserError(f"edits {seen[target.name]} and {edit} both change {target.name}: keep one")
+            seen[target.name] = edit
+            method = get_method(edit.method)
+            if method.amount != "rank":
+                k = None
+            elif method.top_only and cache is not None:
+                k = cache.rank_for(edit.amount, target.shape)
+            else:
+                k = rank_for(edit.amount, target.shape)
+            steps.append(Step(edit, target, k))
     return steps
+
+
+def check_target(edit: Edit, target: Target) -> None:
+    """Refuse, with the fix, a matrix that cannot be decomposed as it is stored."""
+    from .quantized import refuse_quantized
+
+    refuse_quantized(edit, target)
+    if target.index is None and not is_matrix_module(target.module):
+        raise UserError(f"{edit} names {target.name}, which is not a Linear/Conv1D matrix")
+    if target.weight.device.type == "meta":
+        raise UserError(f"{edit} names {target.name}, which the device map offloads (its weight is on the meta "
+                        "device): give the device map more GPU or CPU memory so the layers you edit stay resident")
+    if getattr(target.module, "is_clustered", False):
+        raise UserError(f"{edit} names {target.name}, stored as clustered factors: edit the dense model instead "
+                        "(laser apply without --factorized)")
 
 
 def low_rank_factors(step: Step, matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,7 +219,24 @@ def _rebind(param: torch.nn.Parameter, new: torch.Tensor, saved: list) -> None:
     param.data = new.to(dtype=param.dtype, device=param.device)
 
 
+def write_matrix(target: Target, matrix: torch.Tensor, saved: list, copies: dict) -> None:
+    """Put `matrix` (in the stored orientation) where `target` lives. One expert's slice of a 3-D parameter is
+    written into a copy of that parameter, made once for all the experts an edit changes; the original stays
+    untouched in `saved`, so restoring is still bit-exact."""
+    param = target.stored
+    if target.index is None:
+        _rebind(param, matrix, saved)
+        return
+    data = copies.get(id(param))
+    if data is None:
+        saved.append((param, param.data))
+        data = copies[id(param)] = param.data.clone()
+        param.data = data
+    data[target.index].copy_(matrix.to(dtype=data.dtype, device=data.device))
+
+
 def _swap_in(steps: list[Step], cache: SVDCache, saved: list) -> None:
+    copies: dict[int, torch.Tensor] = {}
     for step in steps:
         matrix = step.reduce(cache).matrix()
         module = step.target.module
@@ -219,7 +245,7 @@ def _swap_in(steps: list[Step], cache: SVDCache, saved: list) -> None:
             _rebind(module.up.weight, up, saved)
             _rebind(module.down.weight, down, saved)
         else:
-            _rebind(step.target.weight, matrix, saved)
+            write_matrix(step.target, matrix, saved, copies)
 
 
 @contextmanager

@@ -6,73 +6,67 @@ import re
 import sys
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 
 from .architectures import ARCHITECTURES, GROUPS
+from .targets import Conv1D, Target, is_matrix_module  # noqa: F401 - re-exported
 from ..errors import UserError
-
-try:
-    from transformers.pytorch_utils import Conv1D
-except ImportError:  # pragma: no cover - transformers is a hard dependency
-    Conv1D = ()
-
-
-def is_matrix_module(module: nn.Module) -> bool:
-    """A module whose `weight` is one 2-D matrix we know how to edit."""
-    return isinstance(module, (nn.Linear, Conv1D)) or getattr(module, "is_factored", False)
-
-
-@dataclass(frozen=True)
-class Target:
-    """One matrix of the model: its canonical address and the module that holds it."""
-
-    type: str
-    layer: int
-    name: str
-    module: nn.Module = field(compare=False, repr=False)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.module.weight
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """The shape as (out_features, in_features), whatever the storage layout."""
-        if getattr(self.module, "is_factored", False):
-            return (self.module.out_features, self.module.in_features)
-        w = self.module.weight
-        return (w.shape[1], w.shape[0]) if isinstance(self.module, Conv1D) else tuple(w.shape)
 
 
 @dataclass
 class Layout:
-    """Maps (type, layer) to a module name, through one `{layer}` pattern per type."""
+    """Maps (type, layer) to its Target. Blocks may differ (dense and mixture-of-experts layers, hybrids), so the
+    map is per layer; `patterns` gives each type's module names with the layer as `{layer}`, for display."""
 
     model: nn.Module
     model_type: str
-    patterns: dict[str, str]
-    n_layers: int
-    source: str  # "table", "pattern" or "discovered"
-    modules: dict[str, nn.Module] = field(repr=False, default_factory=dict)
+    per_layer: list[dict[str, Target]]
+    source: str  # "table", "structure", "pattern" or "discovered"
     blocks: str | None = None  # the ModuleList of blocks, when known (the search's prefix cache needs it)
-    attn: str | None = None  # a block's attention module, relative to the block, when the table knows it
+    attn_paths: list[str | None] = field(default_factory=list)  # each block's attention module, relative to it
+    notes: list[str] = field(default_factory=list)  # what the structure found: "moe", "fused gate+up", ...
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.per_layer)
 
     @property
     def types(self) -> list[str]:
-        return list(self.patterns)
+        return list(dict.fromkeys(t for layer in self.per_layer for t in layer))
+
+    @property
+    def attn(self) -> str | None:
+        """The attention module's path in a block, when every block that has one names it the same."""
+        names = {a for a in self.attn_paths if a is not None}
+        return names.pop() if len(names) == 1 else None
+
+    def attn_at(self, layer: int) -> str | None:
+        return self.attn_paths[layer] if layer < len(self.attn_paths) else None
+
+    @property
+    def patterns(self) -> dict[str, str]:
+        out = {}
+        for t in self.types:
+            names = []
+            for layer, targets in enumerate(self.per_layer):
+                if t in targets:
+                    names.append(_as_pattern(targets[t].name, self.blocks, layer))
+            out[t] = " | ".join(dict.fromkeys(names))
+        return out
 
     def expand_types(self, spec: str) -> list[str]:
         """A type or group name to the list of types this model has."""
-        if spec in self.patterns:
+        base, at, expert = spec.partition("@")
+        if base in self.types:
             return [spec]
-        if spec in GROUPS:
-            found = [t for t in self.patterns if t.startswith(GROUPS[spec])]
+        if base in GROUPS:
+            found = [t for t in self.types if t.startswith(GROUPS[base]) and "." not in t]
             if found:
-                return found
+                return [f"{t}{at}{expert}" for t in found]
+        canonical = [t for t in self.types if "." not in t]
         raise UserError(
             f"unknown matrix type {spec!r} for {self.model_type}: use one of "
-            f"{', '.join(self.types)} or a group ({', '.join(GROUPS)})"
+            f"{', '.join(canonical or self.types)} or a group ({', '.join(GROUPS)})"
         )
 
     def expand_type_list(self, specs: str) -> list[str]:
@@ -80,26 +74,39 @@ class Layout:
         return list(dict.fromkeys(t for spec in specs.split(",") for t in self.expand_types(spec.strip())))
 
     def target(self, type_: str, layer: int) -> Target:
-        if type_ not in self.patterns:
+        base, _, expert = type_.partition("@")
+        if base not in self.types:
             self.expand_types(type_)  # raises the helpful error
         if not 0 <= layer < self.n_layers:
             raise UserError(
                 f"layer {layer} is out of range: {self.model_type} has layers 0-{self.n_layers - 1}"
             )
-        name = self.patterns[type_].format(layer=layer)
-        module = self.modules.get(name)
-        if module is None:
-            raise UserError(f"{type_}:{layer} names module {name!r}, which this model does not have")
-        return Target(type_, layer, name, module)
+        found = self.per_layer[layer].get(base)
+        if found is None:
+            where = [i for i, t in enumerate(self.per_layer) if base in t]
+            raise UserError(f"{base}:{layer} does not exist: block {layer} of this {self.model_type} has no such "
+                            f"matrix (it is in layers {_ranges(where)})")
+        return found.expert_part(expert) if expert else found
 
     def targets(self, types: list[str] | None = None) -> list[Target]:
-        out = []
-        for layer in range(self.n_layers):
-            for t in types or self.types:
-                name = self.patterns[t].format(layer=layer)
-                if name in self.modules:
-                    out.append(Target(t, layer, name, self.modules[name]))
-        return out
+        return [layer[t] for layer in self.per_layer for t in (types or self.types) if t in layer]
+
+
+def _as_pattern(name: str, blocks: str | None, layer: int) -> str:
+    if blocks and name.startswith(f"{blocks}.{layer}."):
+        return f"{blocks}.{{layer}}.{name[len(blocks) + len(str(layer)) + 2:]}"
+    return name
+
+
+def _ranges(layers: list[int]) -> str:
+    out, start = [], None
+    for i, x in enumerate(layers):
+        if start is None:
+            start = x
+        if i + 1 == len(layers) or layers[i + 1] != x + 1:
+            out.append(str(start) if start == x else f"{start}-{x}")
+            start = None
+    return ",".join(out) or "none"
 
 
 def _base_prefix(model: nn.Module) -> str:
@@ -130,17 +137,42 @@ def _from_entry(model: nn.Module, model_type: str, entry: dict, modules: dict) -
     blocks = _get(model, blocks_path)
     if not isinstance(blocks, nn.ModuleList):
         return None
-    patterns = {t: f"{blocks_path}.{{layer}}.{rel}" for t, rel in entry["types"].items()}
-    patterns = {t: p for t, p in patterns.items() if p.format(layer=0) in modules}
-    if not patterns:
+    per_layer = []
+    for layer in range(len(blocks)):
+        found = {}
+        for t, rel in entry["types"].items():
+            name = f"{blocks_path}.{layer}.{rel}"
+            if name in modules:
+                found[t] = _plain_target(t, layer, name, modules[name])
+        per_layer.append(found)
+    if not per_layer or not per_layer[0]:
         return None
     attn = entry.get("attn")
-    attn = attn if attn and f"{blocks_path}.0.{attn}" in modules else None
-    return Layout(model, model_type, patterns, len(blocks), "table", modules, blocks_path, attn)
+    attn_paths = [attn if attn and f"{blocks_path}.{i}.{attn}" in modules else None for i in range(len(blocks))]
+    return Layout(model, model_type, per_layer, "table", blocks_path, attn_paths)
+
+
+def _plain_target(type_: str, layer: int, name: str, module: nn.Module) -> Target:
+    return Target(type_, layer, name, module, transposed=isinstance(module, Conv1D))
+
+
+def _from_structure(model: nn.Module, model_type: str) -> Layout | None:
+    """Canonical types found by role (core/structure.py), for a model the table does not know."""
+    from .structure import analyze_block, find_blocks
+
+    path = find_blocks(model)
+    if path is None:
+        return None
+    blocks = model.get_submodule(path)
+    found = [analyze_block(model, block, i, path) for i, block in enumerate(blocks)]
+    if not any("mlp_in" in b.targets or "mlp_out" in b.targets for b in found):
+        return None
+    notes = sorted({n for b in found for n in b.notes})
+    return Layout(model, model_type, [b.targets for b in found], "structure", path, [b.attn for b in found], notes)
 
 
 def _discover(model: nn.Module, model_type: str, modules: dict) -> Layout:
-    """Find the block list (the largest ModuleList of identical blocks) and its matrix leaves."""
+    """Last resort: the largest ModuleList of identical blocks, its matrix leaves named by their paths."""
     best, best_size = None, 0
     for name, module in modules.items():
         if isinstance(module, nn.ModuleList) and len(module) > 0:
@@ -154,21 +186,19 @@ def _discover(model: nn.Module, model_type: str, modules: dict) -> Layout:
             f"cannot find the transformer blocks of this {model_type} model: "
             "address its matrices by module-name patterns, e.g. laser search --module-pattern 'path.{layer}.to.linear'"
         )
-    block0 = modules[best][0]
-    patterns = {
-        rel: f"{best}.{{layer}}.{rel}" for rel, m in block0.named_modules() if rel and is_matrix_module(m)
-    }
+    per_layer = [{rel: _plain_target(rel, i, f"{best}.{i}.{rel}", m) for rel, m in block.named_modules()
+                  if rel and is_matrix_module(m)} for i, block in enumerate(modules[best])]
     print(
-        f"laser: no architecture entry for model_type {model_type!r}; discovered {len(modules[best])} "
-        f"blocks at {best!r} with matrices {', '.join(patterns)}",
+        f"laser: no architecture entry for model_type {model_type!r} and no MLP found by structure; discovered "
+        f"{len(per_layer)} blocks at {best!r} with matrices {', '.join(per_layer[0])}",
         file=sys.stderr,
     )
-    return Layout(model, model_type, patterns, len(modules[best]), "discovered", modules, best)
+    return Layout(model, model_type, per_layer, "discovered", best, [None] * len(per_layer))
 
 
 def _from_patterns(model: nn.Module, model_type: str, specs: list[str], modules: dict) -> Layout:
     patterns: dict[str, str] = {}
-    n_layers = 0
+    found: dict[str, list[int]] = {}
     for spec in specs:
         type_, _, pattern = spec.rpartition("=")
         if "{layer}" not in pattern:
@@ -184,9 +214,11 @@ def _from_patterns(model: nn.Module, model_type: str, specs: list[str], modules:
         layers = [i for i in layers if is_matrix_module(modules[pattern.format(layer=i)])]
         if not layers:
             raise UserError(f"module pattern {spec!r} matches no Linear/Conv1D module of this model")
-        patterns[type_] = pattern
-        n_layers = max(n_layers, max(layers) + 1)
-    return Layout(model, model_type, patterns, n_layers, "pattern", modules)
+        patterns[type_], found[type_] = pattern, layers
+    n_layers = max(max(v) for v in found.values()) + 1
+    per_layer = [{t: _plain_target(t, i, patterns[t].format(layer=i), modules[patterns[t].format(layer=i)])
+                  for t in patterns if i in found[t]} for i in range(n_layers)]
+    return Layout(model, model_type, per_layer, "pattern", None, [None] * n_layers)
 
 
 def model_type_of(model: nn.Module) -> str:
@@ -195,9 +227,11 @@ def model_type_of(model: nn.Module) -> str:
 
 
 def get_layout(model: nn.Module, module_patterns: list[str] | None = None) -> Layout:
-    """The layout of `model`: user patterns if given, else the table, else discovery (announced)."""
+    """The layout of `model`: user patterns if given, else the table, else the structure (core/structure.py),
+    else discovery (announced)."""
     modules = dict(model.named_modules())
     model_type = model_type_of(model)
     if module_patterns:
         return _from_patterns(model, model_type, module_patterns, modules)
-    return _from_table(model, model_type, modules) or _discover(model, model_type, modules)
+    return (_from_table(model, model_type, modules) or _from_structure(model, model_type)
+            or _discover(model, model_type, modules))

@@ -113,7 +113,7 @@ class SVDCache:
     `disk=None` keeps the cache in memory only. `max_bytes` bounds the in-memory LRU, which lives on the
     CPU whatever the weights' device: only the decomposition in use is kept on the accelerator.
     `disk_max_bytes` bounds the disk cache (least recently used entries go first); by default
-    `$LASERLM_SVD_CACHE_GB`, else unbounded.
+    `$LASERLM_SVD_CACHE_GB`, else 20 GiB or half the free disk (`default_disk_bound`).
     """
 
     def __init__(self, disk: Path | str | None = "default", mode: str = "exact", max_bytes: int = 4 << 30,
@@ -123,7 +123,8 @@ class SVDCache:
         self.mode, self.seed = mode, seed
         self.disk = cache_root() / "svd" if disk == "default" else (Path(disk) if disk else None)
         self.max_bytes = max_bytes
-        self.disk_max_bytes = disk_max_bytes if disk_max_bytes is not None else _env_disk_bound()
+        self.disk_max_bytes = disk_max_bytes if disk_max_bytes is not None else (_env_disk_bound()
+                                                                               or default_disk_bound(self.disk))
         self._memory: OrderedDict[tuple, SVD] = OrderedDict()
         self._bytes = 0
         self._hot: tuple[tuple, torch.device, SVD] | None = None  # the last decomposition, on its device
@@ -297,6 +298,28 @@ def seeded(device: torch.device, seed: int):
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         yield
+
+
+DISK_DEFAULT = 20 << 30
+
+
+def default_disk_bound(folder: Path | None) -> int | None:
+    """20 GiB, or half the free disk where less is free. 20 GiB holds the exact SVDs of every matrix the paper's
+    grid reduces in a 7B model (mlp_in and mlp_out of Llama-2-7B's 32 layers: 64 x 247 MB = 15.8 GB), so a
+    search of such a model never recomputes one; evicting the least recently used keeps a machine that searches
+    many models from filling its disk."""
+    if folder is None:
+        return None
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        import shutil
+
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return DISK_DEFAULT
+    return min(DISK_DEFAULT, free // 2)
 
 
 def _env_disk_bound() -> int | None:

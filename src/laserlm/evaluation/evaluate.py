@@ -53,12 +53,12 @@ def build_requests(scorer: Scorer, examples: list[Example], paraphrases: bool) -
                 requests.append(_request(scorer, prompt_ids, cont_ids, False, (i, "choice", c), ex.mlm_prompt,
                                          ex.mlm_bare))
             continue
-        pairs = [_pair(scorer, ex.prompt, " " + a) for a in ex.answers]
+        pairs = [_pair(scorer, ex.prompt, ex.answer_prefix + a) for a in ex.answers]
         encodings[i] = [cont for _, cont in pairs]
         requests.append(_request(scorer, pairs[0][0], pairs[0][1], True, (i, "main", 0), ex.mlm_prompt, ex.mlm_bare))
         if paraphrases:
             for p, text in enumerate(ex.paraphrases):
-                para_ids, cont = _pair(scorer, text, " " + ex.answers[0])
+                para_ids, cont = _pair(scorer, text, ex.answer_prefix + ex.answers[0])
                 requests.append(_request(scorer, para_ids, cont[:1], True, (i, "para", p)))
     return requests, encodings
 
@@ -90,7 +90,8 @@ def records_from(examples: list[Example], requests: list[Request], results, enco
             main = next(res for key, res in items if key[1] == "main")
             rec.update(top1=main.top[0] in firsts, top10=bool(firsts & set(main.top[:10])),
                        nll=-sum(main.logprobs) / len(main.logprobs), pred_token=main.top[0], top10_ids=main.top[:10],
-                       continuations=[{"text": " " + a, "ids": ids} for a, ids in zip(ex.answers, encodings[i])])
+                       continuations=[{"text": ex.answer_prefix + a, "ids": ids}
+                                      for a, ids in zip(ex.answers, encodings[i])])
             rec["continuations"][0]["logprob"] = sum(main.logprobs)
             paras = [res.top[0] in firsts for key, res in items if key[1] == "para"]
             if paras:

@@ -14,14 +14,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..core.architectures import ARCHITECTURES
 from ..errors import UserError
+from .fastpath import close, fast_path, no_cache, probe_ids
 from .greedy import Greedy
 from .kv_reuse import cache_name
 from .packing import TREE_ATTENTION, Collated, batch_packs, collate, group, trie
 
 TOPK = 10
-HEAD_ROWS = 1024  # rows per head pass: the float32 logits held at once are HEAD_ROWS x vocab (x2 with log_softmax)
+HEAD_ROWS = 1024  # rows per head pass at most: the float32 logits held at once are rows x vocab (x2 with log_softmax)
+HEAD_BYTES = 256 << 20  # and at most this many bytes of them: a 151,936-token vocabulary gets 220 rows a pass
+
+
+def head_rows(model: nn.Module) -> int:
+    """Rows per head pass: HEAD_ROWS, fewer for a large vocabulary, so memory does not grow with it."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = getattr(head, "out_features", None) or getattr(getattr(model, "config", None), "vocab_size", None) or 1
+    return max(min(16, HEAD_ROWS), min(HEAD_ROWS, HEAD_BYTES // (8 * vocab)))
 
 
 @dataclass
@@ -49,8 +57,10 @@ def is_masked_lm(model: nn.Module) -> bool:
 
 
 class Scorer:
-    """Scores requests with `model`. `fast` uses base model + head at gathered positions; it is on for
-    every architecture in the table (tests check it equals the full forward), off otherwise."""
+    """Scores requests with `model`. `fast`: the base model's hidden states go through the head only at gathered
+    positions; `trees`: requests sharing a prefix share a row. Both are checked on the model itself
+    (fastpath.py), for any architecture; where a check fails the scorer takes the model's own forward for that
+    part, its head still applied only at the gathered positions, and `fast_reasons` says why."""
 
     def __init__(self, model: nn.Module, tokenizer, batch_size: int | None = None, max_tokens: int | None = None):
         self.model = model
@@ -59,10 +69,14 @@ class Scorer:
         self.batch_size = batch_size
         self.max_tokens = max_tokens or (65536 if self.device.type == "cuda" else 8192)
         self.mlm = is_masked_lm(model)
-        self.fast = getattr(model.config, "model_type", None) in ARCHITECTURES
         self.pad_id = tokenizer.pad_token_id if tokenizer is not None and tokenizer.pad_token_id is not None else 0
-        self.trees = (self.fast and not self.mlm
-                      and getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION)
+        self.tree_capable = (not self.mlm
+                             and getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION)
+        self.fast, self.trees = False, False
+        self.head_rows = head_rows(model)
+        checked = fast_path(self)
+        self.fast, self.trees, self.head_check = checked.head.exact, checked.packing, checked.head
+        self.fast_reasons = checked.reasons
 
     # -- batching -------------------------------------------------------------------------------
     def trees_for(self, requests: list[Request]) -> bool:
@@ -80,6 +94,19 @@ class Scorer:
                    for pack in packs]
         return [[packs[k] for k in batch] for batch in batch_packs(lengths, self.max_tokens, self.batch_size)]
 
+    @torch.inference_mode()
+    def packing_reason(self) -> str | None:
+        """None when two requests sharing a prefix, packed in one row, score as they do one per row; else why not."""
+        ids = probe_ids(self.model, batch=1, length=16)[0].tolist()
+        shared, tails = ids[:8], (ids[8:12], ids[12:])
+        requests = [Request(shared + t, [(p, x) for p, x in enumerate((shared + t)[1:])]) for t in tails]
+        packed, alone = self.run(requests, batches=[[[0, 1]]]), self.run(requests, batches=[[[0]], [[1]]])
+        dtype = next(self.model.parameters()).dtype
+        if all(close(torch.tensor(y.logprobs), torch.tensor(x.logprobs), dtype) for x, y in zip(packed, alone)):
+            return None
+        return ("requests sharing a prefix cannot share a row: a layer does not honour the 4-D attention mask and "
+                "positions (ALiBi from a 2-D mask, a recurrent or state-space layer)")
+
     def collate(self, packs: list[list[Request]]) -> Collated:
         """One batch as model inputs: one row per pack, laid out as a trie when any pack holds several requests."""
         trees = any(len(p) > 1 for p in packs)
@@ -96,20 +123,40 @@ class Scorer:
         cache = no_cache(self.model) if recorder is None else {cache_name(self.model): recorder, "use_cache": True}
         return self.model.base_model(**self._inputs(batch), **cache).last_hidden_state
 
+    def hidden_of(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.base_model(input_ids=ids, **no_cache(self.model)).last_hidden_state
+
+    def gathered_logits(self, batch: Collated, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The model's own forward, its output embedding fed only the hidden states at (rows, cols): exact for
+        any elementwise map the model applies after it, and logits of len(rows) positions, not of the batch."""
+        head = self.model.get_output_embeddings() if not self.mlm else None
+
+        def gather(_module, args):
+            return (args[0][rows, cols].unsqueeze(0),)
+
+        handle = head.register_forward_pre_hook(gather) if head is not None else None
+        try:
+            logits = self.model(**self._inputs(batch), **no_cache(self.model)).logits
+        finally:
+            if handle is not None:
+                handle.remove()
+        if handle is not None and logits.dim() == 3 and logits.shape[:2] == (1, len(rows)):
+            return logits[0].float()
+        return logits[rows, cols].float()
+
     def full_logits(self, batch: Collated) -> torch.Tensor:
         return self.model(**self._inputs(batch), **no_cache(self.model)).logits
 
-    def head(self, h: torch.Tensor) -> torch.Tensor:
+    def raw_head(self, h: torch.Tensor) -> torch.Tensor:
         model = self.model
         if self.mlm:
             module = getattr(model, "lm_head", None) or getattr(model, "cls")
         else:
             module = model.get_output_embeddings()
-        logits = module(h)
-        cap = getattr(model.config, "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
+        return module(h)
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head_check.apply(self.raw_head(h))
 
     # -- scoring --------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -153,11 +200,11 @@ class Scorer:
                 if self.fast:
                     gathered.append(self.hidden(inputs, recorder)[rows, cols])
                 else:
-                    gathered.append(self.full_logits(inputs)[rows, cols].float())
+                    gathered.append(self.gathered_logits(inputs, rows, cols))
             if kv is not None:
                 kv.keep(recorder)
             pending.append((flat, reqs, targets, tops, argmaxes, len(where)))
-            if sum(len(g) for g in gathered) >= HEAD_ROWS:
+            if sum(len(g) for g in gathered) >= self.head_rows:
                 flush()
             if progress is not None:
                 progress(len(flat))
@@ -187,8 +234,8 @@ class Scorer:
         # The head runs where a log-probability or a top-k is asked; greedy picks (most rows of a generation
         # metric's pass) get head passes of their own, position by position along each draft.
         scored = torch.unique(torch.cat([tok_rows_t, top_rows_t]))
-        for start in range(0, len(scored), HEAD_ROWS):
-            rows_here = scored[start:start + HEAD_ROWS]
+        for start in range(0, len(scored), self.head_rows):
+            rows_here = scored[start:start + self.head_rows]
             logp = torch.log_softmax(self._logits(flat, rows_here), dim=-1)
             at = torch.full((len(flat),), -1, dtype=torch.long)
             at[rows_here] = torch.arange(len(rows_here))
@@ -202,7 +249,7 @@ class Scorer:
                 if tops_t.shape[1] == 0:
                     tops_t = torch.empty((len(top_rows), top.shape[1]), dtype=torch.long)
                 tops_t[top_sel] = top
-        greedy.run(lambda rows: self._logits(flat, rows), next(self.model.parameters()).dtype, HEAD_ROWS)
+        greedy.run(lambda rows: self._logits(flat, rows), next(self.model.parameters()).dtype, self.head_rows)
         picked_l, tops_l = picked.tolist(), tops_t.tolist()
         k = t = g = 0
         for flat_idx, reqs, *_ in pending:
@@ -257,11 +304,6 @@ def encode_continuation(tokenizer, text: str) -> list[int]:
     if not ids:
         raise UserError(f"continuation {text!r} encodes to no tokens")
     return ids
-
-
-def no_cache(model: nn.Module) -> dict:
-    """`use_cache=False` for models that would otherwise build a KV cache in a plain forward."""
-    return {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}
 
 
 def causal_request(prompt_ids: list[int], cont_ids: list[int], topk: bool, key: tuple, max_len: int | None) -> Request:

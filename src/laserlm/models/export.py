@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from .._version import __version__
 from ..core.layout import Layout, get_layout
-from ..core.edits import EditLike, apply_edits, plan
+from ..core.edits import EditLike, apply_edits, plan, write_matrix
 from ..errors import UserError
 from .factorized import FACTORS, RECIPE, dense_entries, factored, replace_module
 from .loading import Loaded, quiet_progress
@@ -25,8 +25,11 @@ def export(
     factorized: bool = False,
     layout: Layout | None = None,
     svd_cache: SVDCache | None = None,
+    save_dtype: torch.dtype | None = None,
 ) -> dict:
-    """Bake `edits` into `loaded.model` (in place) and save it with laser_recipe.json and a model card."""
+    """Bake `edits` into `loaded.model` (in place) and save it with laser_recipe.json and a model card. Weights are
+    written in `save_dtype`, by default the source checkpoint's own (bf16 in, bf16 out), whatever they were
+    computed in."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output folder {out} is not empty: choose a new -o folder or empty it")
@@ -36,6 +39,8 @@ def export(
     steps = plan(model, edits, layout, cache)
     stored: dict[str, dict] = {}
     lowrank: dict[str, torch.nn.Module] = {}
+    copies: dict[int, torch.Tensor] = {}
+    dtype = save_dtype or loaded.source_dtype or next(model.parameters()).dtype
     with torch.no_grad():
         for step in steps:
             module = step.target.module
@@ -43,11 +48,11 @@ def export(
                 apply_edits(model, [step.edit], layout=layout, svd_cache=cache)
                 continue
             reduced = step.reduce(cache)
-            new = factored(module, reduced) if factorized else None
+            new = factored(module, reduced) if factorized and step.target.index is None else None
             if new is not None:
                 lowrank[step.target.name], stored[step.target.name] = new, new.info()
             else:
-                module.weight.data = reduced.matrix().to(module.weight.dtype)
+                write_matrix(step.target, reduced.matrix(), [], copies)
     out.mkdir(parents=True, exist_ok=True)
     # The factorized matrices stay out of model.safetensors: their factors go to a file of our own.
     state = {k: v for k, v in model.state_dict().items() if k not in {f"{name}.weight" for name in lowrank}}
@@ -60,12 +65,14 @@ def export(
             state.update(dense_entries(name, module, keep_factors=factorized))
             if factorized:
                 lowrank[name], stored[name] = module, module.info()
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.config.dtype = dtype
     with quiet_progress():
         model.save_pretrained(out, state_dict=state)
     factors: dict[str, torch.Tensor] = {}
     for name, module in lowrank.items():
         replace_module(model, name, module)
-        factors.update(module.tensors(name))
+        factors.update({k: v.to(dtype) for k, v in module.tensors(name).items()})
     if factors:
         save_file(factors, out / FACTORS)
     if loaded.tokenizer is not None:
@@ -76,6 +83,7 @@ def export(
         "ranks": {s.target.name: s.k for s in steps if s.k is not None},
         "factorized": stored,
         "laserlm_version": __version__,
+        "dtype": str(dtype).removeprefix("torch."),
     }
     (out / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
     (out / "README.md").write_text(_model_card(loaded, steps, bool(stored)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -18,6 +17,7 @@ from torch import nn
 from ..core.architectures import head_of
 from ..errors import UserError, first_line
 from .factorized import attach_factors, read_recipe
+from .identity import file_fingerprint, folder_fingerprint
 from .python import file_digest, is_python_spec, load_attr, module_fingerprint
 from ..core.svd import cache_root
 
@@ -37,6 +37,7 @@ class Loaded:
     kind: str  # "hub", "folder", "gguf", "demo" or "python"
     identity: dict = field(default_factory=dict)
     recipe: dict | None = None  # laser_recipe.json, when the folder was written by `laser apply`
+    source_dtype: torch.dtype | None = None  # the checkpoint's own dtype (bfloat16 for a GGUF file): what is saved
 
 
 def demo_path() -> Path:
@@ -66,28 +67,36 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
-        raise UserError(f"unknown --dtype {name!r}: use one of {', '.join(DTYPES)}")
+        raise UserError(f"unknown dtype {name!r}: use auto or one of {', '.join(DTYPES)}")
     return DTYPES[name]
 
 
 def _file_fingerprint(path: Path) -> str:
-    """Size plus the hash of the first and last MiB: cheap, and changes whenever the file does."""
-    h = hashlib.blake2b(digest_size=16)
-    size = path.stat().st_size
-    h.update(f"{path.name}|{size}".encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        f.seek(max(0, size - (1 << 20)))
-        h.update(f.read(1 << 20))
-    return h.hexdigest()
+    return file_fingerprint(path)
 
 
 def _folder_fingerprint(folder: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".gguf"):
-            h.update(_file_fingerprint(p).encode())
-    return h.hexdigest()
+    return folder_fingerprint(folder)
+
+
+def checkpoint_dtype(config) -> torch.dtype | None:
+    """The dtype the checkpoint's config says its weights are stored in (`dtype`, formerly `torch_dtype`)."""
+    config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    for name in ("dtype", "torch_dtype"):
+        value = getattr(config, name, None)
+        if isinstance(value, str):
+            value = DTYPES.get(value.removeprefix("torch."))
+        if isinstance(value, torch.dtype) and value.is_floating_point:
+            return value
+    return None
+
+
+def load_dtype(name: str, device: str, source: torch.dtype | None) -> torch.dtype:
+    """--dtype: `auto` is the checkpoint's own dtype on a GPU and float32 on the CPU (bfloat16 matmuls are slow
+    there, and float32 scores are exact references); anything else is taken as given."""
+    if name == "auto":
+        return (source or torch.float32) if device.startswith("cuda") or device == "map" else torch.float32
+    return resolve_dtype(name)
 
 
 def _auto_class(config):
@@ -166,19 +175,21 @@ def _gguf_as_folder(path: Path) -> Path:
     return folder
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, device: str, device_map):
+def _load_folder(folder: Path, dtype: str, device: str, device_map, trust: bool = False, source=None):
     from transformers import AutoConfig, AutoTokenizer
 
     if not (folder / "config.json").is_file():
         raise UserError(f"{folder} is not a Hugging Face model folder (no config.json)")
     try:
-        config = AutoConfig.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust)
     except (OSError, ValueError, KeyError, TypeError) as e:  # json errors are ValueErrors
         reason = first_line(e)
-        raise UserError(f"{folder / 'config.json'} cannot be read ({reason}): fix or replace it") from None
+        raise UserError(f"{folder / 'config.json'} cannot be read ({reason}){_remote_hint(e, trust)}") from None
     auto = _auto_class(config)
     recipe = read_recipe(folder)
-    model = auto.from_pretrained(folder, dtype=dtype, device_map=device_map or device)
+    source = source or checkpoint_dtype(config)
+    torch_dtype = load_dtype(dtype, "map" if device_map else device, source)
+    model = auto.from_pretrained(folder, dtype=torch_dtype, device_map=device_map or device, trust_remote_code=trust)
     if recipe and recipe.get("factorized"):
         model = attach_factors(model, folder, recipe)
     tokenizer = None
@@ -188,39 +199,51 @@ def _load_folder(folder: Path, dtype: torch.dtype, device: str, device_map):
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError, TypeError):
             tokenizer = None
-    return model, tokenizer, recipe
+    return model, tokenizer, recipe, source
 
 
-def _load_hub(spec: str, dtype: torch.dtype, device: str, device_map, revision: str | None):
+def _remote_hint(error: Exception, trust: bool) -> str:
+    text = str(error)
+    if not trust and ("trust_remote_code" in text or "custom code" in text):
+        return ": it runs code from its repository; pass --trust-remote-code if you trust it"
+    return ": fix or replace it"
+
+
+def _load_hub(spec: str, dtype: str, device: str, device_map, revision: str | None, trust: bool = False):
     from transformers import AutoConfig, AutoTokenizer
 
     try:
-        config = AutoConfig.from_pretrained(spec, revision=revision)
+        config = AutoConfig.from_pretrained(spec, revision=revision, trust_remote_code=trust)
+        source = checkpoint_dtype(config)
         model = _auto_class(config).from_pretrained(
-            spec, revision=revision, dtype=dtype, device_map=device_map or device
+            spec, revision=revision, dtype=load_dtype(dtype, "map" if device_map else device, source),
+            device_map=device_map or device, trust_remote_code=trust,
         )
-        tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(spec, revision=revision, trust_remote_code=trust)
     except (OSError, ValueError) as e:
         reason = first_line(e)
+        hint = _remote_hint(e, trust)
         raise UserError(
-            f"cannot load model {spec!r} from the Hugging Face hub ({reason}): "
-            "pass a hub id, a local HF folder, a .gguf file, or demo"
+            f"cannot load model {spec!r} from the Hugging Face hub ({reason})"
+            + (hint if "trust-remote-code" in hint else ": pass a hub id, a local HF folder, a .gguf file, or demo")
         ) from None
-    return model, tokenizer
+    return model, tokenizer, source
 
 
 def load_model(
     spec: str,
     *,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str = "auto",
     device_map: str | None = None,
     revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Loaded:
     """Load MODEL: a hub id, a local HF folder (one written by `laser apply` too), a .gguf file, `demo`, or
     FILE.py:FACTORY, a function of no arguments that returns any torch module (its `tokenizer` attribute, if
-    any, is used as the tokenizer)."""
-    torch_dtype = resolve_dtype(dtype)
+    any, is used as the tokenizer). `dtype="auto"`: the checkpoint's own dtype on a GPU, float32 on the CPU."""
+    if dtype != "auto":
+        resolve_dtype(dtype)
     device = resolve_device(device)
     _quiet_transformers()
     recipe = None
@@ -229,31 +252,34 @@ def load_model(
         if not path.is_file():
             raise UserError(f"no such GGUF file: {spec}")
         kind = "demo" if spec == "demo" else "gguf"
-        model, tokenizer, _ = _load_folder(_gguf_as_folder(path), torch_dtype, device, device_map)
+        # A GGUF file's tensors are quantized or half precision: bfloat16 is what it holds at most.
+        model, tokenizer, _, source = _load_folder(_gguf_as_folder(path), dtype, device, device_map,
+                                                   source=torch.bfloat16)
         fingerprint = _file_fingerprint(path)
     elif is_python_spec(spec):  # FILE.py:FACTORY, a function that builds any torch module
         model = load_attr(spec, "MODEL")()
         if not isinstance(model, torch.nn.Module):
             raise UserError(f"MODEL {spec} returned {type(model).__name__}, not a torch.nn.Module")
-        model = model.to(dtype=torch_dtype, device=device)
+        source = next(model.parameters()).dtype
+        model = model.to(dtype=load_dtype(dtype, device, source), device=device)
         kind, tokenizer = "python", getattr(model, "tokenizer", None)
         fingerprint = f"{file_digest(spec)}-{module_fingerprint(model)}"
     elif Path(spec).expanduser().is_dir():
         folder = Path(spec).expanduser()
         kind = "folder"
-        model, tokenizer, recipe = _load_folder(folder, torch_dtype, device, device_map)
+        model, tokenizer, recipe, source = _load_folder(folder, dtype, device, device_map, trust_remote_code)
         fingerprint = _folder_fingerprint(folder)
     elif _looks_like_path(spec) or Path(spec).expanduser().exists():
         raise UserError(f"no such model folder or file: {spec}")
     else:
         kind = "hub"
-        model, tokenizer = _load_hub(spec, torch_dtype, device, device_map, revision)
+        model, tokenizer, source = _load_hub(spec, dtype, device, device_map, revision, trust_remote_code)
         fingerprint = getattr(model.config, "_commit_hash", None) or revision or "unknown"
     model.eval()
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     identity = {"model": spec, "kind": kind, "fingerprint": fingerprint}
-    return Loaded(model, tokenizer, spec, kind, identity, recipe)
+    return Loaded(model, tokenizer, spec, kind, identity, recipe, source)
 
 
 def _quiet_transformers() -> None:

@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..core.edits import Edit
 from ..core.layout import Layout
+from ..models.identity import versions
 from ..core.svd import SVDCache
 from ..evaluation.evaluate import Prepared
 from ..evaluation.generation import GenSettings
@@ -90,6 +91,10 @@ class SearchJob:
     prescreen: str | None = None  # mp, snr or grad: rank the candidates before any evaluation ...
     budget: int | None = None  # ... and evaluate only this many of the best ranked (grad-matrix: matrices)
     grad_rows: int = GRAD_ROWS  # val rows of the gradient of --prescreen grad / grad-matrix
+
+    def __post_init__(self):
+        # The code's versions are part of every key: a rerun after an upgrade recomputes, never mixes.
+        self.numerics = {**self.numerics, "versions": self.numerics.get("versions") or versions()}
 
 
 def progress_bar(desc: str = "search") -> Callable:

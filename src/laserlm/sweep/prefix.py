@@ -9,7 +9,9 @@ embeddings, masks, rotary tables, layer norms, residual sums and the final norm 
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -128,3 +130,87 @@ class PrefixCache:
                     del block.forward
                 else:
                     block.forward = old
+
+
+@dataclass
+class ReplayCheck:
+    """Whether the prefix cache (blocks below l replayed from their output) and the attention replay (block l's
+    attention output reused for an MLP edit there) give the model's own hidden states."""
+
+    prefix: bool
+    attention: bool
+    reasons: list[str] = field(default_factory=list)
+
+
+_CHECKED: "weakref.WeakKeyDictionary[nn.Module, ReplayCheck]" = weakref.WeakKeyDictionary()
+
+
+@torch.inference_mode()
+def check_replay(model: nn.Module, layout) -> ReplayCheck:
+    """Replay a probe batch through the prefix cache at a middle block and compare with a plain forward; for the
+    attention replay, also check that the block runs its attention before its MLP. Once per model object."""
+    from ..evaluation.fastpath import close, probe_ids
+
+    found = _CHECKED.get(model)
+    if found is not None:
+        return found
+    if layout.blocks is None:
+        return ReplayCheck(False, False, ["no block list is known (module patterns): every candidate runs the whole "
+                                          "model"])
+    ids = probe_ids(model)
+    dtype = next(model.parameters()).dtype
+
+    def run():
+        return model.base_model(input_ids=ids, **no_cache(model)).last_hidden_state
+
+    layer = layout.n_layers // 2
+    try:
+        prefix = PrefixCache(model, layout.blocks)
+        ref = run().float()
+        hidden = prefix.capture(layer, run)
+        with prefix.replay(layer, hidden):
+            ok = close(ref, run().float(), dtype)
+    except Exception as e:  # noqa: BLE001 - any failure means: no replay for this model
+        ok, hidden = False, None
+        why = f"({type(e).__name__})"
+    else:
+        why = ""
+    found = ReplayCheck(ok, False)
+    if not ok:
+        found.reasons.append(f"blocks cannot be replayed from the states entering them {why}(a block reads more than "
+                             "the hidden states: keys and values shared across blocks, or a second residual stream)")
+        _CHECKED[model] = found
+        return found
+    attn = layout.attn_at(layer)
+    if attn is None:
+        found.reasons.append(f"block {layer} has no attention module the structure could name: MLP edits recompute it")
+    elif not _attention_first(model, layout, layer, run):
+        found.reasons.append("a block runs its MLP before its attention: MLP edits recompute the attention")
+    else:
+        try:
+            out = prefix.capture_attention(layer, attn, hidden, run)
+            with prefix.replay(layer, hidden, out, attn):
+                found.attention = close(ref, run().float(), dtype)
+        except Exception:  # noqa: BLE001
+            found.attention = False
+        if not found.attention:
+            found.reasons.append("the attention module's output cannot stand in for its forward")
+    _CHECKED[model] = found
+    return found
+
+
+def _attention_first(model: nn.Module, layout, layer: int, run) -> bool:
+    """True when, in block `layer`, the attention module's forward ends before any MLP matrix is used."""
+    block = model.get_submodule(layout.blocks)[layer]
+    attn = block.get_submodule(layout.attn_at(layer))
+    mlp = [t.module for t in layout.per_layer[layer].get("mlp_in", layout.per_layer[layer].get("mlp_out")).matrices()] \
+        if any(t in layout.per_layer[layer] for t in ("mlp_in", "mlp_out")) else []
+    events: list[str] = []
+    handles = [attn.register_forward_hook(lambda *_: events.append("attn"))]
+    handles += [m.register_forward_pre_hook(lambda *_: events.append("mlp")) for m in {id(m): m for m in mlp}.values()]
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return "attn" in events and ("mlp" not in events or events.index("attn") < events.index("mlp"))

@@ -81,9 +81,8 @@ def _gradient(layout: Layout, cache: SVDCache, keys: list[tuple[str, int]], prep
                         for pos, tok in r.targets]
                 if not rows:
                     continue
-                logits = scorer.full_logits(inputs)
-                b, pos, tok = (torch.tensor(x, device=logits.device) for x in zip(*rows))
-                picked = logits[b, pos].float().log_softmax(-1).gather(-1, tok[:, None])
+                b, pos, tok = (torch.tensor(x, device=scorer.device) for x in zip(*rows))
+                picked = scorer.gathered_logits(inputs, b, pos).log_softmax(-1).gather(-1, tok[:, None])
                 (-picked.sum() / n_targets).backward()
         for key in keys:  # once per matrix, whatever the number of amounts
             w = weights[key]

@@ -73,6 +73,7 @@ class SweepWorker:
         from ..models.loading import load_model
         from .job import text_numerics
         from .store import ResultStore, rows_hash
+        from ..models.identity import versions
         from .sweeper import Sweeper
 
         spec = self.spec
@@ -88,7 +89,7 @@ class SweepWorker:
         # This worker's own identity: the driver stores a row only if its key matches the driver's.
         context = {"model": loaded.identity, "task": spec.task_identity, "rows": rows_hash(rows),
                    "dtype": spec.dtype, "svd": cache.label, "device": device,
-                   **text_numerics(metrics, gen)}
+                   **text_numerics(metrics, gen), "versions": versions()}
         self.sweeper = Sweeper(loaded.model, get_layout(loaded.model, spec.module_patterns),
                                Prepared(Scorer(loaded.model, loaded.tokenizer, batch_size=spec.batch_size,
                                                max_tokens=spec.max_tokens), rows, metrics, gen),

@@ -18,7 +18,7 @@ from ..core.edits import Edit, edited, plan
 from ..evaluation.evaluate import Evaluation, Prepared
 from ..evaluation.metrics import rank_key, row_values
 from .objective import ObjectiveSplit
-from .prefix import PrefixCache
+from .prefix import PrefixCache, check_replay
 from .store import ResultStore, candidate_key
 from ..core.svd import SVDCache
 
@@ -53,6 +53,7 @@ class Sweeper:
     cache: SVDCache
     walk: tuple[int, list] | None = None  # (layer, states entering it): where the last sweep stopped
     per_row: bool = False  # store each example's metric values (the test rows: paired intervals)
+    replay: object = None  # prefix.ReplayCheck, once a sweep has asked
 
     def key(self, edits: list[Edit]) -> str:
         return candidate_key(self.context, self.split, [e.to_json() for e in edits])
@@ -89,7 +90,8 @@ class Sweeper:
         for c in pending:  # every candidate is checked before any work
             plan(self.model, [c], self.layout, self.cache)
         replay = isinstance(self.prepared, Prepared) and self.prepared.scorer.fast
-        if self.layout.blocks is None or not replay:
+        self.replay = check_replay(self.model, self.layout) if replay else None
+        if not replay or not self.replay.prefix:
             for edits in [[]] * base + [[c] for c in pending]:  # no known block list: correct, just slower
                 row = self.evaluate(edits)
                 on_done and edits and on_done(row)
@@ -117,7 +119,7 @@ class Sweeper:
                 reuse = attention if c.type.startswith("mlp_") else None
 
                 def context(b, h=hidden, l=layer, a=reuse):
-                    return prefix.replay(l, h[b], a and a[b], self.layout.attn)
+                    return prefix.replay(l, h[b], a and a[b], self.layout.attn_at(l))
 
                 t0 = time.perf_counter()
                 with edited(self.model, [c], layout=self.layout, svd_cache=self.cache):
@@ -128,10 +130,11 @@ class Sweeper:
 
     def _attention(self, prefix: PrefixCache, collated, hidden, layer: int, cands: list[Edit]) -> list | None:
         """Block `layer`'s attention output for every batch, when an MLP candidate there can reuse it."""
-        if self.layout.attn is None or not any(c.type.startswith("mlp_") for c in cands):
+        attn = self.layout.attn_at(layer)
+        if attn is None or not self.replay.attention or not any(c.type.startswith("mlp_") for c in cands):
             return None
         scorer = self.prepared.scorer
-        return [prefix.capture_attention(layer, self.layout.attn, h, lambda c=c: scorer.hidden(c))
+        return [prefix.capture_attention(layer, attn, h, lambda c=c: scorer.hidden(c))
                 for c, h in zip(collated, hidden)]
 
     def _advance(self, prefix: PrefixCache, collated, hidden, at: int, layer: int) -> list[torch.Tensor]:

@@ -30,6 +30,7 @@ class Example:
     split: str | None = None
     group: str | None = None
     index: int = 0
+    answer_prefix: str = " "  # what precedes a cloze answer: a space after a raw prompt, nothing after a chat header
 
     @property
     def kind(self) -> str:
