@@ -57,13 +57,22 @@ def tiny_config(model_type: str, vocab: int = 49152):
     return config
 
 
-def tiny_any(model_type: str, seed: int = 0, vocab: int = 49152, dtype=torch.float32):
+class TooLarge(Exception):
+    """The config keeps sizes the shrinking does not reach (nested sub-configs): not tiny, not built."""
+
+
+def tiny_any(model_type: str, seed: int = 0, vocab: int = 49152, dtype=torch.float32, max_params: int = 30_000_000):
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(seed)
+    config = tiny_config(model_type, vocab)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = AutoModelForCausalLM.from_config(tiny_config(model_type, vocab), dtype=dtype)
+        with torch.device("meta"):  # counted before any memory is spent
+            n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+        if n > max_params:
+            raise TooLarge(f"{model_type} keeps {n:,} parameters after shrinking")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     with torch.no_grad():  # off the init's symmetric values, so a stray write would show
         for p in model.parameters():
             if p.is_floating_point():

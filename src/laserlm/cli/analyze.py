@@ -66,7 +66,7 @@ def run_perplexity(args) -> int:
     from importlib import resources
 
     from ..core.layout import get_layout
-    from ..core.edits import edited, plan
+    from ..core.edits import edited, edits_of, plan
     from ..evaluation.evaluate import perplexity
 
     text = (read_text(args.text, "--text") if args.text
@@ -77,9 +77,10 @@ def run_perplexity(args) -> int:
     layout = get_layout(loaded.model, args.module_pattern)
     steps = plan(loaded.model, args.edit, layout)
     before = perplexity(scorer, text, window=args.window, stride=args.stride)
-    with edited(loaded.model, [s.edit for s in steps], layout=layout, svd_cache=cache):
+    with edited(loaded.model, edits_of(steps), layout=layout, svd_cache=cache):
         after = perplexity(scorer, text, window=args.window, stride=args.stride)
-    table = {"text": args.text or DEFAULT_TEXT, "tokens": before["tokens"], "edits": [s.edit.to_json() for s in steps],
+    table = {"text": args.text or DEFAULT_TEXT, "tokens": before["tokens"],
+             "edits": [e.to_json() for e in edits_of(steps)],
              "before": before["perplexity"], "after": after["perplexity"],
              "change": after["perplexity"] / before["perplexity"] - 1}
     _write(args, table, lambda out: plots.bars(out, "perplexity", ["before", "after"], [round(before["perplexity"], 3),

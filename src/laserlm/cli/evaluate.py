@@ -22,7 +22,7 @@ def _prompt_ids(scorer, ex) -> list[int]:
 def _run_harness(args) -> int:
     """`--lm-eval`: lm-eval's own evaluation of the in-memory model; with edits, of the base model too, and
     the difference per task and metric (what the edit costs elsewhere)."""
-    from ..core.edits import edited, plan
+    from ..core.edits import edited, edits_of, plan
     from ..core.layout import get_layout
     from ..evaluation.harness import flat_metrics, import_lm_eval, run_harness
 
@@ -45,11 +45,11 @@ def _run_harness(args) -> int:
 
     t0 = time.perf_counter()
     base = harness() if steps else None
-    with edited(loaded.model, [s.edit for s in steps], layout=layout, svd_cache=cache):
+    with edited(loaded.model, edits_of(steps), layout=layout, svd_cache=cache):
         result = harness()
     secs = time.perf_counter() - t0
     after = flat_metrics(result)
-    edits = [s.edit.to_json() for s in steps]
+    edits = [e.to_json() for e in edits_of(steps)]
     if base is None:
         print_metrics(f"{args.model} on lm-eval {', '.join(names)} (limit {args.limit}), {secs:.1f} s", after)
     else:
@@ -83,7 +83,7 @@ def run_eval(args) -> int:
     from tqdm import tqdm
 
     from ..core.layout import get_layout
-    from ..core.edits import edited, plan
+    from ..core.edits import edited, edits_of, plan
     from ..evaluation.evaluate import evaluate, perplexity
     from ..evaluation.metrics import choose_metrics
 
@@ -110,7 +110,7 @@ def run_eval(args) -> int:
     steps = plan(loaded.model, args.edit, layout)
     scorer = scorer_for(loaded, args)
     t0 = time.perf_counter()
-    with edited(loaded.model, [s.edit for s in steps], layout=layout, svd_cache=cache):
+    with edited(loaded.model, edits_of(steps), layout=layout, svd_cache=cache):
         out: dict[str, float] = {}
         result = None
         if task:
@@ -121,7 +121,7 @@ def run_eval(args) -> int:
         if text is not None:
             out.update(perplexity(scorer, text, window=args.window, stride=args.stride))
     secs = time.perf_counter() - t0
-    edits = [s.edit.to_json() for s in steps]
+    edits = [e.to_json() for e in edits_of(steps)]
     title = (f"{args.model} on {args.task or args.text} ({args.split}, n={result.n if result else '-'}), "
              f"{len(edits)} edits, {secs:.1f} s")
     print_metrics(title, out)

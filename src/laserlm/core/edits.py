@@ -181,6 +181,11 @@ def plan(model: nn.Module, edits: Iterable[EditLike], layout: Layout | None = No
     return steps
 
 
+def edits_of(steps: list[Step]) -> list[Edit]:
+    """The distinct edits of a plan, in order: one edit of a mixture of experts is one step per expert matrix."""
+    return list(dict.fromkeys(s.edit for s in steps))
+
+
 def check_target(edit: Edit, target: Target) -> None:
     """Refuse, with the fix, a matrix that cannot be decomposed as it is stored."""
     from .quantized import refuse_quantized

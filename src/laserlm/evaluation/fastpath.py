@@ -53,6 +53,20 @@ class FastPath:
 _CHECKED: "weakref.WeakKeyDictionary[nn.Module, FastPath]" = weakref.WeakKeyDictionary()
 
 
+def trunk(model: nn.Module) -> nn.Module:
+    """The module that gives the last hidden states: `base_model`, unless that is the model itself (a class whose
+    `base_model_prefix` names no attribute, as Llama-4's causal LM), then the decoder."""
+    base = getattr(model, "base_model", model)
+    if base is not model:
+        return base
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if get_decoder is not None else None
+    if isinstance(decoder, nn.Module) and decoder is not model:
+        return decoder
+    inner = getattr(model, "model", None)
+    return inner if isinstance(inner, nn.Module) else model
+
+
 def no_cache(model: nn.Module) -> dict:
     """`use_cache=False` for models that would otherwise build a KV cache in a plain forward."""
     return {"use_cache": False} if hasattr(getattr(model, "config", None), "use_cache") else {}

@@ -24,13 +24,15 @@ import inspect
 import torch
 from transformers import DynamicCache
 
+from .fastpath import trunk
+
 CPU_BUDGET = 2 << 30  # bytes of recorded keys and values per pass, past which a pass keeps none (tails prefill)
 CUDA_SHARE = 8  # on a GPU: 1/CUDA_SHARE of its memory, and no more than a quarter of what is free
 
 
 def cache_name(model) -> str:
     """The forward's keyword for a KV cache: transformers 5.2x names it `cache`, earlier ones `past_key_values`."""
-    params = inspect.signature(type(model.base_model).forward).parameters
+    params = inspect.signature(type(trunk(model)).forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .fastpath import close, fast_path, no_cache, probe_ids
+from .fastpath import close, fast_path, no_cache, probe_ids, trunk
 from .greedy import Greedy
 from .kv_reuse import cache_name
 from .packing import TREE_ATTENTION, Collated, batch_packs, collate, group, trie
@@ -121,10 +121,10 @@ class Scorer:
         # use_cache=False: scoring never decodes, and a KV cache would hold K and V of every layer. A recorder
         # (kv_reuse.py) keeps only the generation rows' keys and values, for the tails decoded after the pass.
         cache = no_cache(self.model) if recorder is None else {cache_name(self.model): recorder, "use_cache": True}
-        return self.model.base_model(**self._inputs(batch), **cache).last_hidden_state
+        return trunk(self.model)(**self._inputs(batch), **cache).last_hidden_state
 
     def hidden_of(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.model.base_model(input_ids=ids, **no_cache(self.model)).last_hidden_state
+        return trunk(self.model)(input_ids=ids, **no_cache(self.model)).last_hidden_state
 
     def gathered_logits(self, batch: Collated, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """The model's own forward, its output embedding fed only the hidden states at (rows, cols): exact for

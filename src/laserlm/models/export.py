@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from .._version import __version__
 from ..core.layout import Layout, get_layout
-from ..core.edits import EditLike, apply_edits, plan, write_matrix
+from ..core.edits import EditLike, apply_edits, edits_of, plan, write_matrix
 from ..errors import UserError
 from .factorized import FACTORS, RECIPE, dense_entries, factored, replace_module
 from .loading import Loaded, quiet_progress
@@ -79,7 +79,7 @@ def export(
         loaded.tokenizer.save_pretrained(out)
     recipe = {
         "source": loaded.identity,
-        "edits": [s.edit.to_json() for s in steps],
+        "edits": [e.to_json() for e in edits_of(steps)],
         "ranks": {s.target.name: s.k for s in steps if s.k is not None},
         "factorized": stored,
         "laserlm_version": __version__,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..evaluation.scoring import no_cache
+from ..evaluation.fastpath import no_cache, trunk
 
 _ABSENT = object()
 
@@ -43,7 +43,7 @@ class PrefixCache:
         try:
             with torch.inference_mode():
                 ids = torch.tensor([[1, 2]], device=next(self.model.parameters()).device)
-                self.model.base_model(input_ids=ids, **no_cache(self.model))
+                trunk(self.model)(input_ids=ids, **no_cache(self.model))
         except _Stop:
             pass
         finally:
@@ -161,7 +161,7 @@ def check_replay(model: nn.Module, layout) -> ReplayCheck:
     dtype = next(model.parameters()).dtype
 
     def run():
-        return model.base_model(input_ids=ids, **no_cache(model)).last_hidden_state
+        return trunk(model)(input_ids=ids, **no_cache(model)).last_hidden_state
 
     layer = layout.n_layers // 2
     try:
