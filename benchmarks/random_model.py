@@ -22,6 +22,17 @@ SHAPES = {
                       vocab_size=32000),
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=8, num_attention_heads=4,
                   vocab_size=32000),
+    # Architectures the table does not know, found by structure: Qwen3-0.6B and Gemma-3-1B shapes, real vocabularies.
+    "qwen3-0.6b": dict(model_type="qwen3", hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, vocab_size=151936,
+                       tie_word_embeddings=True),
+    "gemma3-1b": dict(model_type="gemma3_text", hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                      num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262144,
+                      sliding_window=512, final_logit_softcapping=None, tie_word_embeddings=True),
+    # The multimodal class google/gemma-3-4b-it loads as, with the 1B text tower (and a shrunk vision tower).
+    "gemma3-1b-mm": dict(model_type="gemma3", hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
+                         num_attention_heads=4, num_key_value_heads=1, head_dim=256, vocab_size=262208,
+                         sliding_window=512),
 }
 
 
@@ -46,7 +57,15 @@ def train_tokenizer(texts: list[str], vocab: int):
 
 
 def build_model(shape: str, dtype: torch.dtype, device: str) -> torch.nn.Module:
-    config = tf.LlamaConfig(**SHAPES[shape], max_position_embeddings=4096)
+    sizes = dict(SHAPES[shape])
+    model_type = sizes.pop("model_type", "llama")
+    if model_type == "gemma3":
+        vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                      image_size=64, patch_size=16)
+        config = tf.Gemma3Config(text_config={**sizes, "max_position_embeddings": 4096}, vision_config=vision,
+                                 mm_tokens_per_image=16)
+    else:
+        config = tf.AutoConfig.for_model(model_type, **sizes, max_position_embeddings=4096)
     torch.manual_seed(0)
     with torch.device(device):  # transformers' own init (normal, std 0.02), straight on the device
         model = tf.AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -62,6 +81,7 @@ def main():
     args = ap.parse_args()
     t0 = time.perf_counter()
     tok = train_tokenizer(task_texts(), min(args.tokenizer_vocab, SHAPES[args.shape]["vocab_size"]))
+    tok.chat_template = None
     model = build_model(args.shape, getattr(torch, args.dtype), "cpu")
     model.save_pretrained(args.output)
     tok.save_pretrained(args.output)

@@ -118,3 +118,15 @@ def test_cli_info_search_and_eval_agree_on_a_structure_model(tmp_path, model_typ
     got = json.loads(out.read_text())["metrics"]
     for name, value in row["metrics"].items():
         assert got[name] == pytest.approx(value, abs=1e-5), name
+
+
+@needs_demo
+def test_a_large_vocabulary_search_stays_small(tmp_path):
+    """200 rows on a Qwen3-shaped model with its 151,936-token vocabulary: the head sees only scored positions, a
+    few hundred rows a pass, so the peak stays far below what full logits would take."""
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2] / "benchmarks"))
+    from vocab_memory import build, peak_search
+
+    build(tmp_path / "model", "qwen3", 151936)
+    peak, _ = peak_search(tmp_path / "model", 200, tmp_path / "run")
+    assert peak < 2.5 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"

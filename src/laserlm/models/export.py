@@ -66,9 +66,9 @@ def export(
             if factorized:
                 lowrank[name], stored[name] = module, module.info()
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    model.config.dtype = dtype
     with quiet_progress():
         model.save_pretrained(out, state_dict=state)
+    _config_dtype(out / "config.json", dtype)
     factors: dict[str, torch.Tensor] = {}
     for name, module in lowrank.items():
         replace_module(model, name, module)
@@ -88,6 +88,15 @@ def export(
     (out / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
     (out / "README.md").write_text(_model_card(loaded, steps, bool(stored)))
     return recipe
+
+
+def _config_dtype(path: Path, dtype: torch.dtype) -> None:
+    """config.json says the dtype the weights were written in (save_pretrained writes the in-memory one)."""
+    config = json.loads(path.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in config or key == "dtype":
+            config[key] = str(dtype).removeprefix("torch.")
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def _model_card(loaded: Loaded, steps, factorized: bool) -> str:
