@@ -173,3 +173,98 @@ def test_lm_eval_and_laser_eval_agree_on_the_demo_model(tmp_path):
             ours = evaluate(Scorer(loaded.model, loaded.tokenizer), rows, [METRICS["acc"], METRICS["acc_norm"]])
         assert theirs["laser_mc/acc"] == pytest.approx(ours.metrics["acc"], abs=1e-9)
         assert theirs["laser_mc/acc_norm"] == pytest.approx(ours.metrics["acc_norm"], abs=1e-9)
+
+
+NL_YAML = """task: laser_nl
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {test}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{'\\\\n' + answer}}}}"
+metric_list:
+  - metric: acc
+"""
+
+GEN_YAML = """task: laser_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {test}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+fewshot_delimiter: "\\n\\n"
+generation_kwargs:
+  until: ["mat"]
+  max_gen_toks: 4
+metric_list:
+  - metric: exact_match
+"""
+
+
+@pytest.fixture
+def more_tasks(tmp_path, tasks):
+    yaml = tasks[0]
+    _, cloze = _rows(30, 2)
+    data = tmp_path / "more.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in cloze))
+    (yaml / "laser_nl.yaml").write_text(NL_YAML.format(test=data))
+    (yaml / "laser_gen.yaml").write_text(GEN_YAML.format(test=data))
+    return yaml, cloze
+
+
+def test_a_cloze_continuation_keeps_the_tasks_own_delimiter(more_tasks):
+    """lm-eval scores `doc_to_target` as it is: a newline-led target stays newline-led (it was once re-spaced)."""
+    from laserlm.evaluation.harness import harness_task
+
+    yaml, cloze = more_tasks
+    task = harness_task("lm-eval:laser_nl", str(yaml))
+    ex = task.examples[0]
+    assert ex.answers == ["\n" + cloze[0]["answer"]] and ex.answer_prefix == ""
+    assert ex.prompt == cloze[0]["prompt"]
+
+
+def test_num_fewshot_draws_lm_evals_own_examples(more_tasks):
+    from laserlm.evaluation.harness import harness_task
+
+    yaml, cloze = more_tasks
+    zero, two = harness_task("lm-eval:laser_gen", str(yaml)), harness_task("lm-eval:laser_gen", str(yaml), 2)
+    assert zero.examples[0].prompt == cloze[0]["prompt"]
+    shots = two.examples[0].prompt.split("\n\n")
+    assert len(shots) == 3 and shots[-1] == cloze[0]["prompt"]  # two examples, then the question
+    assert all(s.split(" ")[0] in {r["prompt"].split(" ")[0] for r in cloze} for s in shots[:2])
+
+
+def test_a_generate_until_task_is_searched_by_gen01_cut_at_its_stop(tiny_with_tokenizer, more_tasks, tmp_path):
+    from laserlm.evaluation.generation import cut_at_stop
+    from laserlm.evaluation.harness import harness_task
+
+    yaml, cloze = more_tasks
+    task = harness_task("lm-eval:laser_gen", str(yaml))
+    assert task.primary == "gen01" and task.gen_tokens == 4 and task.examples[0].stop == ["mat"]
+    assert task.examples[0].answers == [cloze[0]["answer"]]
+    assert cut_at_stop("sat on mat big", ["mat"]) == "sat on " and cut_at_stop("a b", ["mat"]) == "a b"
+    run = tmp_path / "run"
+    assert main(["search", str(tiny_with_tokenizer), "-t", "lm-eval:laser_gen", "--lm-eval-include", str(yaml),
+                 "--layers", "2", "--rhos", "0.5", "--no-svd-cache", "-o", str(run), "--device", "cpu"]) == 0
+    best = json.loads((run / "best.json").read_text())
+    assert best["metric"] == "gen01" and 0 <= best["base"]["val"] <= 1
+
+
+def test_chat_template_on_a_harness_task_is_lm_evals_own(more_tasks):
+    from laserlm.evaluation.harness import harness_task
+
+    from conftest import tiny_tokenizer
+
+    yaml, cloze = more_tasks
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    task = harness_task("lm-eval:laser_mc", str(yaml), 0, tok)
+    ex = task.examples[0]
+    assert ex.prompt.startswith("<|user|>") and ex.prompt.endswith("<|assistant|>")
+    assert all(not c.startswith(" ") for c in ex.choices)  # lm-eval drops the delimiter after a chat header

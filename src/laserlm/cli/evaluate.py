@@ -41,6 +41,7 @@ def _run_harness(args) -> int:
 
     def harness():
         return run_harness(loaded.model, loaded.tokenizer, names, include=include, limit=args.limit,
+                           num_fewshot=args.num_fewshot, chat_template=args.chat_template,
                            batch_size=args.batch_size)
 
     t0 = time.perf_counter()

@@ -194,6 +194,9 @@ def add_task_args(p, required: bool) -> None:
                    help="seed of the 80/20 test/val split of rows without a 'split', for custom tasks and "
                         "--protocol laserlm (default 0)")
     p.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N rows of the split")
+    p.add_argument("--num-fewshot", type=int_at_least(0), metavar="N",
+                   help="lm-eval tasks: N few-shot examples before each prompt, drawn by lm-eval's own sampler "
+                        "(default: 0 for -t lm-eval:NAME, the task's own for --lm-eval)")
     add_chat_arg(p)
     add_batch_args(p)
 
@@ -206,13 +209,19 @@ def add_chat_arg(p) -> None:
 
 
 def select_rows(task, split: str, seed: int, limit: int | None, args, tokenizer) -> list:
-    """The rows of a split, as --chat-template wants them."""
-    rows = task.select(split, seed, limit)
-    if getattr(args, "chat_template", False):
-        from ..evaluation.chat import chat_examples
+    """The rows of a split, as --chat-template wants them: an lm-eval task's rendered by lm-eval itself (its few-shot
+    examples and delimiters as it handles them), any other's by the tokenizer's template."""
+    if not getattr(args, "chat_template", False):
+        return task.select(split, seed, limit)
+    if task.name.startswith("lm-eval:"):
+        from ..evaluation.tasks import load_task
 
-        rows = chat_examples(tokenizer, rows)
-    return rows
+        task = load_task(task.name, None, "paper", lm_eval_include(args), getattr(args, "num_fewshot", None),
+                         tokenizer)
+        return task.select(split, seed, limit)
+    from ..evaluation.chat import chat_examples
+
+    return chat_examples(tokenizer, task.select(split, seed, limit))
 
 
 def add_batch_args(p) -> None:
@@ -252,7 +261,7 @@ def task_from_args(args):
     from ..evaluation.tasks import load_task
 
     try:
-        return load_task(args.task, args.data, args.protocol, lm_eval_include(args))
+        return load_task(args.task, args.data, args.protocol, lm_eval_include(args), getattr(args, "num_fewshot", None))
     except HubUnavailable as e:
         raise UserError(f"{e}: pass --data PATH, a local copy in the hub schema") from None
 

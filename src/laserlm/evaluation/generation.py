@@ -235,9 +235,16 @@ def decode_records(tokenizer, examples, prompts: list[list[int]], generated: lis
     decoded together, as the authors did (src/intervention_gptj_bbh_qa.py:101-121: an answer found in the prompt
     counts)."""
     for ex, prompt, gen, rec in zip(examples, prompts, generated, records):
-        text = tokenizer.decode(gen, skip_special_tokens=True)
+        text = cut_at_stop(tokenizer.decode(gen, skip_special_tokens=True), ex.stop)
         whole = tokenizer.decode(prompt + gen, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         rec.update(generation=text, generation_ids=gen, gen01=hit(ex.answers, text), gen01_paper=hit(ex.answers, whole))
+
+
+def cut_at_stop(text: str, stops: list[str] | None) -> str:
+    """The text up to its first stop string (an lm-eval task's `until`). Greedy decoding is deterministic, so cutting
+    a longer generation there gives exactly what stopping at that string would have."""
+    ends = [text.find(s) for s in stops or [] if s and s in text]
+    return text[:min(ends)] if ends else text
 
 
 def hit(answers: list[str], text: str) -> bool:

@@ -31,6 +31,7 @@ class Example:
     group: str | None = None
     index: int = 0
     answer_prefix: str = " "  # what precedes a cloze answer: a space after a raw prompt, nothing after a chat header
+    stop: list[str] | None = None  # generation metrics: the text is cut at the first of these (lm-eval's `until`)
 
     @property
     def kind(self) -> str:
