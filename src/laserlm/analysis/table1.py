@@ -99,8 +99,10 @@ def gain_text(best: dict) -> str:
     return f"{100 * best['test_diff']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]{p}"
 
 
-def table1(model: str, results: dict[str, dict], skipped: dict[str, str], seconds: float) -> str:
-    """Markdown for `results` (benchmark -> reproduce's result: best.json plus "n_val", "n_test", "grid")."""
+def table1(model: str, results: dict[str, dict], skipped: dict[str, str], seconds: float,
+           layout_notes: list[str] | None = None) -> str:
+    """Markdown for `results` (benchmark -> reproduce's result: best.json plus "n_val", "n_test", "grid");
+    `layout_notes` are what the structure found (laser info), said where they change a comparison."""
     key = paper_key(model)
     paper = paper_rows(key) if key else {}
     names = list(PAPER_ORDER) if key else []
@@ -110,6 +112,10 @@ def table1(model: str, results: dict[str, dict], skipped: dict[str, str], second
              "`--protocol paper`. Accuracy is the protocol's primary metric, in %; the gain is LASER minus base on test "
              "with its 95% paired bootstrap interval over test rows and McNemar's exact p (0-1 metrics); loss is the "
              "mean per-token NLL of the gold answer over the whole vocabulary.", ""]
+    if "fused gate+up" in (layout_notes or []):
+        lines += ["This model's `mlp_in` is its fused gate+up matrix, reduced whole (docs/your-model.md), where the "
+                  "paper's models' `mlp_in` is a single input map (GPT-J's and RoBERTa's only one, Llama-2's gate): "
+                  "read its `mlp_in` rows against the paper's with that in mind.", ""]
     notes: list[str] = []
     if key:
         lines += [f"The paper's figures are {NAMES[key]}'s (Tables 1 and 4; edits from Tables 5 and 6).", "",
@@ -214,10 +220,11 @@ def figure7(out_dir: Path, results: dict[str, dict]) -> Path | None:
     return path
 
 
-def write_table1(out_dir: Path, model: str, results: dict, skipped: dict, seconds: float) -> Path:
+def write_table1(out_dir: Path, model: str, results: dict, skipped: dict, seconds: float,
+                 layout_notes: list[str] | None = None) -> Path:
     path = Path(out_dir) / "table1.md"
     figure7(out_dir, results)
-    path.write_text(table1(model, results, skipped, seconds))
+    path.write_text(table1(model, results, skipped, seconds, layout_notes))
     (Path(out_dir) / "table1.json").write_text(json.dumps({"model": model, "paper": paper_key(model),
                                                            "results": results, "skipped": skipped,
                                                            "seconds": seconds}, indent=2) + "\n")

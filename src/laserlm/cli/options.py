@@ -216,8 +216,8 @@ def select_rows(task, split: str, seed: int, limit: int | None, args, tokenizer)
     if task.name.startswith("lm-eval:"):
         from ..evaluation.tasks import load_task
 
-        task = load_task(task.name, None, "paper", lm_eval_include(args), getattr(args, "num_fewshot", None),
-                         tokenizer)
+        task = load_task(task.name, None, "paper", getattr(args, "lm_eval_include", None),
+                         getattr(args, "num_fewshot", None), tokenizer)
         return task.select(split, seed, limit)
     from ..evaluation.chat import chat_examples
 

@@ -100,11 +100,11 @@ def run_reproduce(args) -> int:
         results[name] = {**result, "n_val": len(val), "n_test": len(test), "grid": source,
                          "layers": [layers[0], layers[-1]], "amounts": [str(a) for a in amounts]}
         print("\n".join(f"{name}: {line}" for line in summary_lines(result)))
-        write_table1(out, args.model, results, skipped, time.perf_counter() - t0)  # a partial table as we go
+        write_table1(out, args.model, results, skipped, time.perf_counter() - t0, layout.notes)  # partial, as we go
     if not results:
         raise UserError("no benchmark could run: give --data-dir with local copies of the hub benchmarks, or "
                         f"--benchmarks {','.join(OFFLINE)} (offline)")
-    path = write_table1(out, args.model, results, skipped, time.perf_counter() - t0)
+    path = write_table1(out, args.model, results, skipped, time.perf_counter() - t0, layout.notes)
     print(path.read_text())
     print(f"table: {path}")
     return 0
