@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.laserlm-installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install clean docs
+.PHONY: demo test test-lowest install clean docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The suite again on the lowest transformers pyproject.toml allows, put first on the path (its other requirements
+# are the ones the newest already installed).
+LOWEST_TRANSFORMERS ?= 5.20.0
+test-lowest: $(STAMP)
+	test -d .lowest/transformers || $(PIP) install -q --no-deps --target .lowest transformers==$(LOWEST_TRANSFORMERS)
+	PYTHONPATH=.lowest $(PY) -m pytest
+
 # docs/cli.md from the parser's own --help, and README's picture from `make demo`'s run (made first if missing).
 docs: $(STAMP)
 	$(PY) -m laserlm.cli.reference > docs/cli.md
@@ -38,4 +45,4 @@ docs: $(STAMP)
 	cp $(DEMO_DIR)/plot_top1.png docs/images/demo_top1.png
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs .lowest

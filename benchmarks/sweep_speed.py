@@ -46,7 +46,7 @@ def main():
         ours = {str(c): sweeper.done([c])["metrics"] for c in cands}
 
     plain_scorer = Scorer(model, loaded.tokenizer)
-    plain_scorer.fast = False  # HF forward: logits at every position, no prefix cache
+    plain_scorer.fast = False  # the HF forward (its head fed the scored positions), no prefix cache
     plain_scorer.trees = False  # one sequence per row
     plain = Prepared(plain_scorer, rows)
     cache = SVDCache(disk=None)

@@ -207,3 +207,29 @@ def test_svd_cache_keeps_decompositions_on_the_cpu_and_hands_them_out_on_the_gpu
     assert svd.U.device.type == "cuda" and svd.S.device.type == "cuda"
     assert all(t.device.type == "cpu" for s in cache._memory.values() for t in (s.U, s.S, s.Vh))
     torch.testing.assert_close((svd.U * svd.S) @ svd.Vh, w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("model_type", ["qwen3", "mixtral", "gemma3", "llama4_text", "gpt_oss"])
+def test_structure_found_models_keep_the_fast_path_on_cuda(model_type):
+    """Models the table does not know, on CUDA: the sweep's candidates (prefix cache, attention replay, packing, the
+    gathered head; experts one slice at a time) against the model's own forward; in bfloat16 the fast path's
+    checks still pass at bf16's own tolerance."""
+    from laserlm.core.edits import Edit
+    from tiny_any import tiny_any
+
+    model, tok = tiny_any(model_type, vocab=512).to("cuda"), tiny_tokenizer()
+    layout = get_layout(model)
+    rows = [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(24)]
+    cands = [Edit("svd", "mlp_in", 1, 0.5), Edit("svd", "mlp_out", 1, "k=1"), Edit("svd", "attn_o", 1, 0.5)]
+    sweeper = Sweeper(model, layout, Prepared(Scorer(model, tok), rows), ResultStore(None), {"m": model_type},
+                      "val", SVDCache(disk=None))
+    sweeper.sweep(cands)
+    assert sweeper.replay.prefix and sweeper.replay.attention, sweeper.replay.reasons
+    plain = Scorer(model, tok)
+    plain.fast, plain.trees = False, False
+    for c in [None, *cands]:
+        with edited(model, [c] if c else [], layout=layout):
+            want = Prepared(plain, rows).score().metrics
+        assert sweeper.done([c] if c else [])["metrics"]["logloss"] == pytest.approx(want["logloss"], abs=1e-4), c
+    bf = Scorer(tiny_any(model_type, vocab=512, dtype=torch.bfloat16).to("cuda"), tok)
+    assert bf.fast and bf.trees, bf.fast_reasons

@@ -72,7 +72,7 @@ def test_every_causal_lm_type_of_transformers(capsys):
     print(f"\nstructure: {len(covered)} of {len(_causal_types())} types covered; without MLP blocks: "
           f"{sorted(NO_MLP_BLOCKS)}; configs that do not build small: {unbuilt}")
     assert not missing, f"types with attention + MLP blocks but no mlp_in/mlp_out: {missing}"
-    assert len(covered) >= 170
+    assert len(covered) >= 0.75 * len(_causal_types())  # 172 of 200 in transformers 5.25
 
 
 @pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "qwen2_moe", "gpt_oss", "llama4_text", "jetmoe"])

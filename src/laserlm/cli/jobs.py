@@ -114,11 +114,11 @@ def task_search(args, default_rhos, run_dir: Path):
     from ..core.edits import parse_layers
     from ..core.layout import get_layout
     from ..evaluation.metrics import PRIMARY, choose_metrics
-    from .options import (fit_task, load_from_args, parse_amounts, scorer_for, select_rows, svd_cache_from_args,
+    from .options import (fit_task, load_from_args, parse_rhos, scorer_for, select_rows, svd_cache_from_args,
                           task_from_args, task_metrics)
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    amounts = parse_amounts(args.rhos or ",".join(map(str, default_rhos)), methods)
+    amounts = parse_rhos(args.rhos or ",".join(map(str, default_rhos)), methods)
     task = task_from_args(args)
     metric = args.metric or task.primary or PRIMARY[task.kind]
     choose_metrics(task.kind, [metric], True)  # an unknown or unfit --metric is refused before any work

@@ -36,7 +36,7 @@ def int_at_least(low: int, name: str = ""):
 positive_int = int_at_least(1)
 
 
-def parse_amounts(text: str, methods: list[str]) -> list:
+def parse_rhos(text: str, methods: list[str]) -> list:
     """--rhos: a comma list of amounts (see core.edits.parse_amounts)."""
     from ..core.edits import parse_amounts as parse
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import HubUnavailable, UserError
 from .jobs import add_speed_args, check_speed_args, text_job
 from .options import (add_batch_args, add_chat_arg, add_model_args, add_svd_args, fit_task, load_from_args, output_dir,
-                      parse_amounts, positive_int, scorer_for, select_rows, svd_cache_from_args, task_metrics)
+                      parse_rhos, positive_int, scorer_for, select_rows, svd_cache_from_args, task_metrics)
 
 PAPER_BENCHMARKS = ("counterfact", "hotpotqa", "fever", "bios_gender", "bios_profession", "truthfulqa",
                     "bb_epistemic", "bb_wikidata")
@@ -43,7 +43,7 @@ def benchmark_grid(args, model_type: str, name: str, n_layers: int) -> tuple[lis
         chosen = parse_layers(args.layers, f"--layers {args.layers}")
         layers, source = list(range(n_layers)) if chosen is None else list(chosen), "--layers"
     if args.rhos:
-        amounts, source = parse_amounts(args.rhos, ["svd"]), source + ", --rhos"
+        amounts, source = parse_rhos(args.rhos, ["svd"]), source + ", --rhos"
     return layers, amounts, source
 
 
@@ -65,7 +65,7 @@ def run_reproduce(args) -> int:
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise UserError(f"--data-dir {args.data_dir} is not a folder")
     if args.rhos:
-        parse_amounts(args.rhos, ["svd"])  # refused before the model loads
+        parse_rhos(args.rhos, ["svd"])  # refused before the model loads
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .jobs import add_speed_args, check_speed_args, task_search
-from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, parse_amounts,
+from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, parse_rhos,
                       positive_int, svd_cache_from_args)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
@@ -31,7 +31,7 @@ def _objective_search(args) -> int:
         raise UserError(f"{', '.join(given)} belong to -t TASK: an --objective chooses its own rows and runs here")
     objective = load_attr(args.objective, "--objective")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    amounts = parse_amounts(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
+    amounts = parse_rhos(args.rhos or ",".join(map(str, PAPER_RHOS)), methods)
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     result = search(loaded.model, objective, run_dir=args.output, types=args.types, layers=args.layers,

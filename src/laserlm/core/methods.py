@@ -72,10 +72,10 @@ def register_method(name: str, *, amount: str, needs_svd: bool, help: str, top_o
 
 
 def get_method(name: str) -> Method:
+    """The registered method, or clusterC made for this C (never added to the registry: it lists what is declared)."""
     if name not in METHODS and (m := _CLUSTER.fullmatch(name)) and int(m.group(1)) >= 1:
         c = int(m.group(1))
-        METHODS[name] = Method(name, _clustered, "rank", True, f"cluster the rows into {c} groups, top-k of each",
-                               clusters=c)
+        return Method(name, _clustered, "rank", True, f"cluster the rows into {c} groups, top-k of each", clusters=c)
     if name not in METHODS:
         raise UserError(f"unknown edit method {name!r}: use one of {', '.join(METHODS)}, or clusterC (C = 2, 4, 8, ...)")
     return METHODS[name]

@@ -37,7 +37,7 @@ def saving(layout: Layout, cache: SVDCache, edit: Edit) -> int:
 
 
 @dataclass
-class Greedy:
+class GreedyStack:
     """The greedy path: each accepted stack with its val metrics and the parameters removed so far."""
 
     stack: list[Edit] = field(default_factory=list)
@@ -54,7 +54,7 @@ def keeps(metrics: dict, base: dict, metric: str, tolerance: float, lower: bool)
 
 
 def greedy_stack(sweeper: Sweeper, singles: list[dict], base: dict, metric: str, tolerance: float,
-                 layout: Layout, cache: SVDCache, lower: bool | None = None, log=None) -> Greedy:
+                 layout: Layout, cache: SVDCache, lower: bool | None = None, log=None) -> GreedyStack:
     """Stack reductions, largest saving first, while the val metric stays within `tolerance` (see the module)."""
     down = lower_is_better(metric, lower)
     feasible = [r for r in singles if keeps(r["metrics"], base["metrics"], metric, tolerance, down)]
@@ -64,7 +64,7 @@ def greedy_stack(sweeper: Sweeper, singles: list[dict], base: dict, metric: str,
         if (gain := saving(layout, cache, edit)) > 0:
             ranked.append((gain, r, edit))
     ranked.sort(key=lambda t: (-t[0], tuple(-x for x in rank_key(t[1]["metrics"], metric, lower)), text_tiebreak(t[2])))
-    out = Greedy(path=[{"edits": [], "removed": 0, "metrics": base["metrics"]}])
+    out = GreedyStack(path=[{"edits": [], "removed": 0, "metrics": base["metrics"]}])
     removed, used = 0, set()
     for gain, single, edit in ranked:
         matrix = (edit.type, edit.layer)
