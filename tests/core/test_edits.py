@@ -306,3 +306,30 @@ def test_module_patterns_on_any_module():
         get_layout(model, ["blocks.{layer}.mlp"])
     with pytest.raises(UserError, match="placeholder"):
         get_layout(model, ["blocks.0.mlp.fc1"])
+
+
+def _plant(target, ranks: list[float], noise: float, seed: int = 0) -> torch.Tensor:
+    """Write a rank-len(ranks) signal with these singular values, plus i.i.d. noise, into the target's weight."""
+    g = torch.Generator().manual_seed(seed)
+    m, n = target.weight.shape
+    u, _ = torch.linalg.qr(torch.randn(m, len(ranks), generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, len(ranks), generator=g))
+    w = u @ torch.diag(torch.tensor(ranks)) @ v.T + noise * torch.randn(m, n, generator=g)
+    with torch.no_grad():
+        target.weight.copy_(w)
+    return w
+
+
+def test_mp_keeps_a_planted_rank_and_equals_its_truncation():
+    model = build_tiny("gptj")
+    layout = get_layout(model)
+    target = layout.target("mlp_in", 1)
+    w = _plant(target, [60.0, 40.0, 30.0], noise=0.05)
+    S = torch.linalg.svdvals(w.double())
+    assert S[2] > mp_threshold(w) > S[3]  # three components above the edge, the noise below
+    U, S32, Vh = torch.linalg.svd(w, full_matrices=False)
+    with edited(model, ["mp/mlp_in:1"]) as steps:
+        got = target.weight.detach()
+        assert torch.linalg.matrix_rank(got).item() == 3
+        torch.testing.assert_close(got, U[:, :3] @ torch.diag(S32[:3]) @ Vh[:3], atol=1e-5, rtol=1e-5)
+        assert steps[0].k is None

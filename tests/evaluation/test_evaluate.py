@@ -175,7 +175,6 @@ def test_gen01_excludes_the_prompt():
         text = tok.decode(ids[len(tok(ex.prompt)["input_ids"]):], skip_special_tokens=True)
         assert rec["generation"] == text
         assert rec["gen01"] == (ex.answers[0] in text.lower())
-    assert "paris" not in got.records[0]["generation"] or got.records[0]["gen01"]
 
 
 def test_perplexity_matches_a_hand_sliding_window():
@@ -195,3 +194,22 @@ def test_perplexity_matches_a_hand_sliding_window():
             break
     assert got["tokens"] == len(ids) - 1 == n
     assert got["perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+def test_gen01_and_gen01_paper_on_a_causal_model_where_they_differ():
+    """A head biased toward "mat": every generation is "mat ...". Row 1's answer is only in its prompt (gen01_paper
+    true, gen01 false), row 2's is generated (both true); each value follows from the bias, not from the code."""
+    model, tok = build_tiny("llama"), tiny_tokenizer()
+    old = model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[tok.convert_tokens_to_ids("mat")] = 1e4
+    model.lm_head = head
+    rows = [Example("paris is the capital of", answers=["paris"]), Example("the cat sat on", answers=["mat"])]
+    got = evaluate(Scorer(model, tok), rows, [METRICS["gen01"], METRICS["gen01_paper"]], gen_tokens=3)
+    assert [r["generation"] for r in got.records] == ["mat mat mat", "mat mat mat"]
+    assert [r["gen01"] for r in got.records] == [False, True]
+    assert [r["gen01_paper"] for r in got.records] == [True, True]
+    assert got.metrics == {"gen01": 0.5, "gen01_paper": 1.0}

@@ -130,3 +130,46 @@ def test_a_large_vocabulary_search_stays_small(tmp_path):
     build(tmp_path / "model", "qwen3", 151936)
     peak, _ = peak_search(tmp_path / "model", 200, tmp_path / "run")
     assert peak < 2.5 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
+
+
+# Not causal decoders in the sense used here: XLNet's permutation LM and ProphetNet's n-gram decoder take inputs no
+# other causal LM does (their own forwards fail on a plain batch of token ids with a padding mask).
+NOT_PLAIN_DECODERS = {"xlnet", "prophetnet"}
+
+
+def test_every_type_of_the_mapping_scores_exactly_through_whatever_path_it_gets():
+    """Every causal-LM type that builds small and runs a forward: a sweep (through the shortcuts its checks allow)
+    gives, candidate by candidate, the metrics of its own forward one request a row. Where a shortcut is refused,
+    a reason is given."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    tok, rows = tiny_tokenizer(), _rows("cloze")[:8]
+    checked, wrong = [], []
+    for model_type in sorted(set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES) - NOT_PLAIN_DECODERS):
+        try:
+            model = tiny_any(model_type, vocab=512)
+            with torch.no_grad():
+                model(input_ids=torch.tensor([[5, 6, 7, 8]]))
+        except Exception:  # noqa: BLE001 - its default config does not build or run small here
+            continue
+        layout = get_layout(model)
+        layers = [i for i, t in enumerate(layout.per_layer) if "mlp_in" in t and "mlp_out" in t]
+        if not layers:
+            continue
+        cands = [Edit("svd", "mlp_in", layers[-1], 0.5), Edit("svd", "mlp_out", layers[-1], "k=1")]
+        scorer = Scorer(model, tok)
+        sweeper = Sweeper(model, layout, Prepared(scorer, rows), ResultStore(None), {"m": model_type}, "val",
+                          SVDCache(disk=None))
+        sweeper.sweep(cands)
+        fast_all = scorer.fast and scorer.trees and sweeper.replay and sweeper.replay.prefix
+        assert fast_all or scorer.fast_reasons or sweeper.replay.reasons, model_type
+        plain = Scorer(model, tok)
+        plain.fast, plain.trees = False, False
+        for c in [None, *cands]:
+            with edited(model, [c] if c else [], layout=layout):
+                want = evaluate(plain, rows).metrics
+            got = sweeper.done([c] if c else [])["metrics"]
+            if abs(got["logloss"] - want["logloss"]) > 1e-4 or got["top1"] != want["top1"]:
+                wrong.append((model_type, str(c)))
+        checked.append(model_type)
+    assert not wrong and len(checked) >= 100, (wrong, len(checked))

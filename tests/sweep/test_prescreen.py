@@ -119,3 +119,22 @@ def test_grad_matrix_ranks_matrices_and_keeps_all_their_candidates():
     kept = shortlist(ranked, "grad-matrix", 2)
     assert {(c.type, c.layer) for c in kept} == set(top2) and len(kept) == 2 * 4
     assert shortlist(ranked, "grad", 3) == [c for c, _ in ranked[:3]]
+
+
+def test_snr_ranks_a_noise_matrix_before_a_planted_signal():
+    """SNR reads how much of a matrix is above the noise edge: a pure-noise matrix has nothing to lose, so each of
+    its candidates ranks before every candidate of a matrix holding a strong rank-3 signal."""
+    model = build_tiny("gpt2")
+    layout, cache = get_layout(model), SVDCache(disk=None)
+    signal = layout.target("mlp_in", 1)
+    g = torch.Generator().manual_seed(0)
+    m, n = signal.weight.shape
+    u, _ = torch.linalg.qr(torch.randn(m, 3, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(n, 3, generator=g))
+    with torch.no_grad():
+        signal.weight.copy_(u @ torch.diag(torch.tensor([60.0, 40.0, 30.0])) @ v.T + 0.05 * torch.randn(m, n, generator=g))
+        noise = layout.target("mlp_in", 2).weight
+        noise.copy_(0.05 * torch.randn(noise.shape, generator=g))
+    cands = [Edit("svd", "mlp_in", layer, a) for layer in (1, 2) for a in (0.5, 0.1)]
+    order = [c.layer for c, _ in prescreen("snr", layout, cache, cands)]
+    assert order == [2, 2, 1, 1]

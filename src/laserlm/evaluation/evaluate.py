@@ -112,6 +112,8 @@ class Prepared:
                  gen_tokens: int | GenSettings = 10, drafts: Drafts | None = None):
         if scorer.tokenizer is None:
             raise UserError("this model has no tokenizer: evaluation needs one next to the weights")
+        if scorer.mlm and getattr(scorer.tokenizer, "mask_token_id", None) is None:
+            raise UserError("this masked LM's tokenizer has no mask token: save the model's own tokenizer beside it")
         self.scorer, self.examples = scorer, examples
         self.gen = gen_tokens if isinstance(gen_tokens, GenSettings) else GenSettings(gen_tokens)
         kind = examples[0].kind

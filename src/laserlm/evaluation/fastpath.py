@@ -145,8 +145,13 @@ def fast_path(scorer) -> FastPath:
     scorer.fast, scorer.head_check = head.exact, head
     if scorer.tree_capable:
         scorer.trees = True  # so that the probe can pack
-        reason = scorer.packing_reason()
-        found.packing = reason is None
+        found.packing = False
+        try:
+            reason = scorer.packing_reason()
+        except Exception as e:  # noqa: BLE001 - a forward that cannot take a 4-D mask: one request a row
+            reason = (f"requests sharing a prefix cannot share a row: the model's forward refuses a 4-D attention "
+                      f"mask ({type(e).__name__})")
+        found.packing = scorer.trees = reason is None
         if reason:
             found.reasons.append(reason)
     _CHECKED[model] = found

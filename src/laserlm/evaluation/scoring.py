@@ -25,6 +25,18 @@ HEAD_ROWS = 1024  # rows per head pass at most: the float32 logits held at once 
 HEAD_BYTES = 256 << 20  # and at most this many bytes of them: a 151,936-token vocabulary gets 220 rows a pass
 
 
+def head_module(model: nn.Module) -> nn.Module:
+    """The model's head: the top-level child that holds its output embedding (RoBERTa's `lm_head`, BERT's `cls`,
+    with their transform), or the output embedding itself."""
+    out = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        if module is out and name:
+            top = name.split(".")[0]
+            child = model.get_submodule(top)
+            return child if child is not trunk(model) else out
+    return out
+
+
 def head_rows(model: nn.Module) -> int:
     """Rows per head pass: HEAD_ROWS, fewer for a large vocabulary, so memory does not grow with it."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -148,12 +160,7 @@ class Scorer:
         return self.model(**self._inputs(batch), **no_cache(self.model)).logits
 
     def raw_head(self, h: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        if self.mlm:
-            module = getattr(model, "lm_head", None) or getattr(model, "cls")
-        else:
-            module = model.get_output_embeddings()
-        return module(h)
+        return head_module(self.model)(h)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.head_check.apply(self.raw_head(h))

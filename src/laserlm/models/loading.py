@@ -108,6 +108,9 @@ def _auto_class(config):
 
     mt = config.model_type
     archs = getattr(config, "architectures", None) or []
+    causal = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in archs)
+    if causal and mt in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:  # a decoder saved as one (BertLMHeadModel), not its MLM
+        return AutoModelForCausalLM
     wants_mlm = head_of(mt) == "mlm" or any(a.endswith("ForMaskedLM") for a in archs)
     if wants_mlm and mt in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return AutoModelForMaskedLM
