@@ -98,6 +98,18 @@ def test_curve_and_perplexity_and_components_run(tiny_with_tokenizer, tmp_path):
                  "--json", str(out), "-o", str(tmp_path / "a")]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert rows[0]["removed"] == 0 and rows[-1]["removed"] == pytest.approx(0.9995)
+    # Middle rows against an evaluation of the same val rows under the same edit, made here.
+    from laserlm import edited, load_model
+    from laserlm.evaluation.evaluate import evaluate
+    from laserlm.evaluation.scoring import Scorer
+    from laserlm.evaluation.tasks import load_task
+
+    loaded = load_model(str(tiny_with_tokenizer), device="cpu")
+    val = load_task(str(task)).select("val", 0, None)
+    for row in (rows[1], rows[len(rows) // 2], rows[-1]):
+        with edited(loaded.model, [f"mlp_in:1:{row['rho']}"]):
+            want = evaluate(Scorer(loaded.model, loaded.tokenizer), val).metrics
+        assert row["top1"] == want["top1"] and row["logloss"] == pytest.approx(want["logloss"], abs=1e-6), row
     text = tmp_path / "t.txt"
     text.write_text(" ".join(["the cat sat on the mat and the dog was big"] * 30))
     ppl = tmp_path / "p.json"

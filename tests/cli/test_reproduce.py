@@ -39,7 +39,20 @@ def test_reproduce_writes_table1_and_resumes(tiny_with_tokenizer, data, tmp_path
     assert (out / "figure7.png").stat().st_size > 1000
     best = json.loads((out / "bb_epistemic" / "best.json").read_text())
     assert best["metric"] == "acc" and set(best["base"]["test_metrics"]) == {"acc", "logloss", "choice_logloss"}
-    assert best["best"]["test_ci"][0] <= best["best"]["test_diff"] <= best["best"]["test_ci"][1]
+    assert best["best"]["test_diff"] == pytest.approx(best["best"]["test"] - best["base"]["test"])
+    # Figure 7's grid, by hand from results.jsonl: a rate's best gain per (type, layer) in points, a loss's decrease
+    from laserlm.analysis.table1 import figure7_grid
+
+    grid = figure7_grid(out, {"bb_epistemic": {"metric": "acc"}, "hotpotqa": {"metric": "logloss"}})
+    for name, metric, scale in (("bb_epistemic", "acc", 100), ("hotpotqa", "logloss", -1)):
+        rows = [json.loads(line) for line in (out / name / "results.jsonl").read_text().splitlines()]
+        base = next(r["metrics"][metric] for r in rows if not r["edits"])
+        want = {}
+        for r in rows:
+            if len(r["edits"]) == 1:
+                key = (r["edits"][0]["type"], r["edits"][0]["layer"])
+                want.setdefault(key, []).append(scale * (r["metrics"][metric] - base))
+        assert grid[name] == pytest.approx({k: max(v) for k, v in want.items()}) and want
     run = json.loads((out / "hotpotqa" / "run.json").read_text())
     assert run["protocol"] == "paper" and run["metrics"] == ["gen01_paper", "logloss", "top1"]
     assert run["min_new_tokens"] == 1 and run["gen_tokens"] == 15  # the authors' generate(min_new_tokens=1)

@@ -14,11 +14,10 @@ from conftest import build_tiny
 def test_one_decomposition_serves_every_rank(tmp_path):
     model = build_tiny("llama")
     cache = SVDCache(disk=tmp_path)
-    for rho in (0.9, 0.5, 0.1, "k=2"):
-        amount = rho if isinstance(rho, str) else rho
-        spec = f"mlp_in:1:{amount}"
-        with edited(model, [spec], svd_cache=cache):
-            pass
+    w = model.model.layers[1].mlp.gate_proj.weight  # 64 x 32: rho 0.9, 0.5, 0.1 keep 28, 16, 3
+    for amount, k in ((0.9, 28), (0.5, 16), (0.1, 3), ("k=2", 2)):
+        with edited(model, [f"mlp_in:1:{amount}"], svd_cache=cache):
+            assert torch.linalg.matrix_rank(w.detach()).item() == k
     assert cache.computed == 1
     fresh = SVDCache(disk=tmp_path)
     with edited(model, ["mlp_in:1:0.5"], svd_cache=fresh):
@@ -49,6 +48,23 @@ def test_randomized_is_close_on_a_low_rank_matrix():
     rnd = SVDCache(disk=None, mode="randomized").get(w, k=5)
     exact = SVDCache(disk=None).get(w)
     torch.testing.assert_close(rnd.S[:5], exact.S[:5], rtol=1e-4, atol=1e-4)
+
+
+def test_randomized_factors_rebuild_the_matrix_and_its_exact_truncation():
+    """U and Vh of the randomized SVD, not only S: a rank-5 weight edited at k=5 comes back whole, and at k=3 it
+    equals the exact SVD's rank-3 truncation (a rank-5 matrix has its range found exactly by 15 samples)."""
+    model = build_tiny("llama")
+    lin = model.model.layers[1].mlp.gate_proj
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 5, generator=g) @ torch.randn(5, 32, generator=g)
+    with torch.no_grad():
+        lin.weight.copy_(w)
+    U, S, Vh = torch.linalg.svd(w, full_matrices=False)
+    rnd = SVDCache(disk=None, mode="randomized")
+    with edited(model, ["mlp_in:1:k=5"], svd_cache=rnd):
+        torch.testing.assert_close(lin.weight.detach(), w, atol=1e-4, rtol=1e-4)
+    with edited(model, ["mlp_in:1:k=3"], svd_cache=rnd):
+        torch.testing.assert_close(lin.weight.detach(), U[:, :3] @ torch.diag(S[:3]) @ Vh[:3], atol=1e-4, rtol=1e-4)
 
 
 def test_corrupt_disk_entry_is_recomputed(tmp_path):

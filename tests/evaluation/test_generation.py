@@ -18,7 +18,7 @@ from laserlm.evaluation.tasks import Example
 from laserlm.sweep.store import ResultStore
 from laserlm.sweep.sweeper import Sweeper, grid
 
-from conftest import ARCHS, MLM, build_tiny, cloze_rows, needs_demo, tiny_tokenizer
+from conftest import ARCHS, MLM, build_tiny, cloze_rows, needs_demo, plain_generate, tiny_tokenizer
 
 CAUSAL = [a for a in ARCHS if a not in MLM]
 GEN = choose_metrics("cloze", ["gen01", "gen01_paper", "top1"], False)
@@ -26,17 +26,6 @@ GEN = choose_metrics("cloze", ["gen01", "gen01_paper", "top1"], False)
 
 def _rows(n: int = 24, seed: int = 5) -> list[Example]:
     return [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(n, seed)]
-
-
-def plain_generate(model, tok, prompt: str, settings: GenSettings) -> list[int]:
-    """One row at a time, as the authors' scripts generate: greedy, cut after the first EOS."""
-    ids = torch.tensor([tok(prompt)["input_ids"]])
-    with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=settings.max_new, min_new_tokens=settings.min_new, do_sample=False,
-                             num_beams=1, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:].tolist()
-    eos = eos_ids(model, tok)
-    cut = next((k + 1 for k, t in enumerate(out) if t in eos), len(out))
-    return out[:cut]
 
 
 @pytest.mark.parametrize("arch", CAUSAL)
@@ -109,7 +98,6 @@ def test_the_prefix_walk_generates_what_plain_evaluation_does(arch):
 @needs_demo
 def test_the_demo_generates_what_generate_does_under_an_edit():
     from laserlm import load_model
-    from laserlm.evaluation.generation import generate_ids
     from laserlm.evaluation.tasks import load_task
 
     loaded = load_model("demo", device="cpu")
@@ -121,8 +109,7 @@ def test_the_demo_generates_what_generate_does_under_an_edit():
     prepared = Prepared(scorer, rows, GEN, settings)
     with edited(loaded.model, ["mlp_in:28:0.01"]):
         got = [r["generation_ids"] for r in prepared.score().records]
-        prompts = [loaded.tokenizer(r.prompt)["input_ids"] for r in rows]
-        want = generate_ids(scorer, prompts, [10] * len(rows), [1] * len(rows))
+        want = [plain_generate(loaded.model, loaded.tokenizer, r.prompt, settings) for r in rows]  # not ours
     assert got == want
     assert prepared.drafts.last["decoded"] > 0 and prepared.drafts.last["confirmed"] > 0
 
@@ -149,3 +136,34 @@ def test_greedy_picks_along_a_draft_stop_where_it_is_left():
     assert cut.argmax == full.argmax[:4]
     assert torch.allclose(torch.tensor(cut.margins), torch.tensor(full.margins[:4]), atol=1e-5)
     assert sum(rows) == 4  # positions 0-3, one head pass each
+
+
+def test_a_drafted_position_with_an_exact_tie_is_decoded_by_generate(monkeypatch):
+    """Two identical rows of the head: wherever one of them is the greedy token, the other ties it exactly. A tie is
+    within rounding of a flip, so that row is left to generate() from before the tie (never confirmed from the
+    draft), and its ids still equal plain per-row generate()."""
+    import laserlm.evaluation.generation as generation
+
+    model, tok = build_tiny("llama"), tiny_tokenizer()
+    settings = GenSettings(6, 1)
+    rows = _rows(12)
+    first = plain_generate(model, tok, rows[0].prompt, settings)[0]
+    twin = 5 if first != 5 else 6  # another token, to tie with the first greedy one
+    with torch.no_grad():
+        model.lm_head.weight[twin] = model.lm_head.weight[first]
+    prepared = Prepared(Scorer(model, tok), rows, GEN, settings)
+    decoded, real = [], generation.generate_ids
+
+    def spy(scorer, prefixes, *a, **k):
+        decoded.extend(tuple(p) for p in prefixes)
+        return real(scorer, prefixes, *a, **k)
+
+    monkeypatch.setattr(generation, "generate_ids", spy)
+    got = [r["generation_ids"] for r in prepared.score().records]
+    assert got == [plain_generate(model, tok, r.prompt, settings) for r in rows]
+    prompts = [tok(r.prompt)["input_ids"] for r in rows]
+    tied = [i for i, g in enumerate(got) if first in g or twin in g]
+    assert tied
+    for i in tied:  # decoded by generate() from a prefix that stops at or before the tied token
+        j = next(k for k, t in enumerate(got[i]) if t in (first, twin))
+        assert any(p[:len(prompts[i])] == tuple(prompts[i]) and len(p) - len(prompts[i]) <= j for p in decoded), i

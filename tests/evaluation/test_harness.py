@@ -14,7 +14,9 @@ import json
 
 import pytest
 
-pytest.importorskip("lm_eval")
+from conftest import optional  # noqa: E402
+
+optional("lm_eval")
 
 from laserlm import edited, load_model  # noqa: E402
 from laserlm.cli.main import main  # noqa: E402
@@ -134,12 +136,20 @@ def test_search_on_a_harness_task_completes_and_resumes(tiny_with_tokenizer, tas
 def test_laser_eval_lm_eval_prints_the_cost_elsewhere(tiny_with_tokenizer, tasks, tmp_path, capsys):
     yaml, _, _ = tasks
     out = tmp_path / "h.json"
+    edits = ["zero/mlp_out:all", "zero/attn_o:all"]  # drastic: on 25 rows a mild edit may leave acc where it was
     assert main(["eval", str(tiny_with_tokenizer), "--lm-eval", "laser_mc", "--lm-eval-include", str(yaml),
-                 "-e", "mlp_in:1:k=1", "--json", str(out), "--device", "cpu"]) == 0
+                 "-e", edits[0], "-e", edits[1], "--json", str(out), "--device", "cpu"]) == 0
     doc = json.loads(out.read_text())
     assert "laser_mc" in doc["lm_eval"]["results"] and "laser_mc" in doc["lm_eval_base"]["results"]
-    assert doc["difference"]["laser_mc/acc"] == pytest.approx(doc["metrics"]["laser_mc/acc"]
-                                                              - doc["base_metrics"]["laser_mc/acc"])
+    # Both sides against lm-eval run here, without and with the edit (so an edit never applied fails), and the edit
+    # moves the numbers (so the two runs cannot agree by accident).
+    loaded = load_model(str(tiny_with_tokenizer), device="cpu")
+    base = flat_metrics(run_harness(loaded.model, loaded.tokenizer, ["laser_mc"], include=str(yaml)))
+    with edited(loaded.model, edits):
+        cut = flat_metrics(run_harness(loaded.model, loaded.tokenizer, ["laser_mc"], include=str(yaml)))
+    assert doc["base_metrics"] == base and doc["metrics"] == cut
+    assert base["laser_mc/acc_norm"] != cut["laser_mc/acc_norm"] or base["laser_mc/acc"] != cut["laser_mc/acc"]
+    assert doc["difference"]["laser_mc/acc"] == pytest.approx(cut["laser_mc/acc"] - base["laser_mc/acc"])
     assert "difference" in capsys.readouterr().out
 
 

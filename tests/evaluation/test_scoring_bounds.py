@@ -91,7 +91,13 @@ def test_masked_prompts_past_the_position_table_are_cut_at_their_start(arch):
     assert req.ids[0] == tok.bos_token_id and req.ids[-1] == tok.sep_token_id  # specials kept
     assert tok.convert_ids_to_tokens(req.ids[-4:]) == ["cat", "is", "[MASK]", "[SEP]"]  # the prompt's end kept
     ex = Example(" ".join(["dog"] * 100) + " the cat is", answers=["paris"])
-    assert evaluate(Scorer(model, tok), [ex], None).n == 1  # runs: no index past the embeddings
+    got = evaluate(Scorer(model, tok), [ex], None).records[0]
+    # By hand on the cut ids (the prompt's start dropped, its specials and end kept): the NLL at the mask.
+    with torch.no_grad():
+        logp = model(torch.tensor([req.ids])).logits[0].log_softmax(-1)
+    (pos, token), = req.targets
+    assert req.ids[pos] == tok.mask_token_id and got["nll"] == pytest.approx(-logp[pos, token].item(), abs=1e-5)
+    assert got["pred_token"] == logp[pos].argmax().item()
 
 
 def test_requests_are_scored_whatever_their_order():

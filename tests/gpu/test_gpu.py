@@ -27,7 +27,7 @@ from laserlm.evaluation.tasks import Example
 from laserlm.sweep.store import ResultStore
 from laserlm.sweep.sweeper import Sweeper, grid
 
-from conftest import (ARCHS, MLM, build_tiny, choice_rows, cloze_rows, needs_demo, packed_prepared,
+from conftest import (ARCHS, MLM, build_tiny, choice_rows, cloze_rows, needs_demo, packed_prepared, plain_generate,
                       swept_generations, tiny_tokenizer)
 
 pytestmark = pytest.mark.gpu
@@ -137,17 +137,14 @@ def _tails_through_the_walk(model, tok, rows, cands) -> list[tuple[list, dict]]:
 def test_generation_tails_from_recorded_keys_on_cuda_equal_generate(arch):
     """The keys recorded in the packed pass on CUDA, and the base pass's for the skipped blocks, give generate() on
     CUDA the ids it makes from scratch (float32)."""
-    from laserlm.evaluation.generation import generate_ids
-
     model, tok = build_tiny(arch).to("cuda"), tiny_tokenizer()
     model.generation_config.eos_token_id = tok.convert_tokens_to_ids("the")
     rows = [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(24, 5)]
-    prompts = [tok(r.prompt)["input_ids"] for r in rows]
     cands = grid(["mlp_in", "attn_o"], [1, 2], [0.1], ["svd"])
     calls = _tails_through_the_walk(model, tok, rows, cands)
     for c, (got, _last) in zip(cands, calls):
-        with edited(model, [c], svd_cache=SVDCache(disk=None)):
-            assert got == generate_ids(Scorer(model, tok), prompts, [8] * len(rows), [1] * len(rows)), c
+        with edited(model, [c], svd_cache=SVDCache(disk=None)):  # per-row model.generate, not our batched decoder
+            assert got == [plain_generate(model, tok, r.prompt, GenSettings(8, 1)) for r in rows], c
     if arch != "gemma":  # the tiny gemma repeats its last prompt token under every edit: nothing to decode
         assert sum(last["reused"] for _, last in calls) > 0
 

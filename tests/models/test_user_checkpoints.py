@@ -114,7 +114,7 @@ def test_chat_template_renders_the_user_turn_and_scores_the_answer_after_the_hea
     assert requests[0].ids == whole[:-1] and [t for _, t in requests[0].targets] == enc[0][0]
 
 
-def test_changed_weights_change_the_identity_even_in_the_middle(tmp_path):
+def test_changed_weights_change_the_identity_even_in_the_middle(tmp_path, task_file):
     folder = tmp_path / "m"
     import transformers as tf
 
@@ -122,7 +122,11 @@ def test_changed_weights_change_the_identity_even_in_the_middle(tmp_path):
 
     config = tf.LlamaConfig(**{**_DECODER, "vocab_size": 12000})  # a file over 2 MiB
     tf.AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
     first = load_model(str(folder), device="cpu").identity
+    run = tmp_path / "run"
+    argv = ["search", str(folder), "-t", str(task_file), "--layers", "2", "--rhos", "0.5", "--limit", "10", "-o", str(run)]
+    assert _laser(*argv).returncode == 0
     path = folder / "model.safetensors"
     data = bytearray(path.read_bytes())
     assert len(data) > 3 << 20
@@ -130,6 +134,8 @@ def test_changed_weights_change_the_identity_even_in_the_middle(tmp_path):
     data[middle:middle + 4] = bytes(255 - b for b in data[middle:middle + 4])  # one float in the middle
     path.write_bytes(bytes(data))
     assert load_model(str(folder), device="cpu").identity != first
+    done = _laser(*argv)  # the same folder, other weights: the run folder's results are not this model's
+    assert done.returncode == 2 and "holds a run for another model" in done.stderr
 
 
 def test_a_rerun_after_an_upgrade_is_refused_not_mixed(tmp_path, task_file, monkeypatch):

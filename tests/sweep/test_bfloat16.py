@@ -46,4 +46,18 @@ def test_search_under_bfloat16(tiny_with_tokenizer, tmp_path):
     assert main(["search", str(tiny_with_tokenizer), "-t", str(task), "--dtype", "bfloat16", "--layers", "1-2",
                  "--rhos", "0.5", "--compose", "--no-svd-cache", "--device", "cpu", "-o", str(out)]) == 0
     assert json.loads((out / "run.json").read_text())["dtype"] == "bfloat16"
-    assert "composed" in json.loads((out / "best.json").read_text())
+    best = json.loads((out / "best.json").read_text())
+    assert "composed" in best
+    # The run's numbers are the bf16 model's: its base equals an evaluation of the model loaded in bf16, and differs
+    # from float32's (the manifest's dtype alone was once copied from the argument).
+    from laserlm import load_model
+    from laserlm.evaluation.evaluate import evaluate
+    from laserlm.evaluation.tasks import load_task
+
+    rows = load_task(str(task)).select("val", 0, None)
+    got = {}
+    for dtype in ("bfloat16", "float32"):
+        loaded = load_model(str(tiny_with_tokenizer), dtype=dtype, device="cpu")
+        got[dtype] = evaluate(Scorer(loaded.model, loaded.tokenizer), rows).metrics["logloss"]
+    assert best["base"]["val_metrics"]["logloss"] == pytest.approx(got["bfloat16"], abs=1e-6)
+    assert abs(got["bfloat16"] - got["float32"]) > 1e-4

@@ -14,9 +14,9 @@ from laserlm.evaluation.tasks import Example
 from laserlm.sweep.store import ResultStore
 from laserlm.sweep.sweeper import Sweeper, best_row, compose, grid
 
-from conftest import build_tiny, cloze_rows, tiny_tokenizer
+from conftest import build_tiny, cloze_rows, optional, tiny_tokenizer
 
-accelerate = pytest.importorskip("accelerate")
+accelerate = optional("accelerate")
 
 
 def _dispatched(tmp_path):

@@ -70,7 +70,7 @@ def test_search_is_a_plain_function_and_the_package_a_plain_module():
 
     assert inspect.isfunction(laserlm.search) and laserlm.search.__module__ == "laserlm.api"
     assert "objective(model, split)" in laserlm.search.__doc__
-    assert type(sys.modules["laserlm.sweep"]) is types.ModuleType and job.run_job is not None
+    assert type(sys.modules["laserlm.sweep"]) is types.ModuleType and inspect.isfunction(job.run_job)
 
 
 def _cli(out: Path, *extra: str) -> list[str]:

@@ -19,23 +19,33 @@ from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import Example
 from laserlm.sweep.prescreen import prescreen, shortlist
 
-from conftest import build_tiny, cloze_rows, tiny_tokenizer
+from conftest import build_tiny, choice_rows, cloze_rows, tiny_tokenizer
 
 
 def _loss(prepared) -> float:
-    """The loss the gradient prescreen differentiates: mean NLL per answer token, full vocabulary."""
+    """The loss the gradient prescreen differentiates: mean NLL per answer token, full vocabulary, over each cloze
+    row's answer and each choice row's correct choice (written here from the paper's definition)."""
     total, count = 0.0, 0
     with torch.no_grad():
         for r in prepared.requests:
+            i, role, sub = r.key
+            if role == "choice" and sub != prepared.examples[i].label:
+                continue
             logits = prepared.scorer.full_logits(prepared.scorer.collate([[r]]))[0].double().log_softmax(-1)
             total -= sum(logits[pos, tok].item() for pos, tok in r.targets)
             count += len(r.targets)
     return total / count
 
 
-def test_grad_score_is_the_directional_derivative_of_the_loss():
+@pytest.mark.parametrize("kind", ["cloze", "choice"])
+def test_grad_score_is_the_directional_derivative_of_the_loss(kind):
     model = build_tiny("llama").double()
-    rows = [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(32, seed=5)]
+    if kind == "cloze":
+        rows = [Example(r["prompt"], answers=[r["answer"]]) for r in cloze_rows(32, seed=5)]
+    else:  # the correct choice is not always the first
+        rows = choice_rows(24, seed=5)
+        for i, ex in enumerate(rows):
+            ex.label = i % len(ex.choices)
     prepared = Prepared(Scorer(model, tiny_tokenizer(), max_tokens=256), rows)
     layout, cache = get_layout(model), SVDCache(disk=None)
     cands = [Edit("svd", "mlp_in", 1, 0.5), Edit("svd", "attn_o", 2, "k=3"), Edit("prune", "mlp_out", 0, 0.5),

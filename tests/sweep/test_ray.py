@@ -14,9 +14,9 @@ import transformers as tf
 
 from laserlm.cli.main import main
 
-from conftest import cloze_rows, tiny_tokenizer
+from conftest import cloze_rows, optional, tiny_tokenizer
 
-ray = pytest.importorskip("ray")
+ray = optional("ray")
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 import laserlm.sweep.ray_backend as ray_backend
 from laserlm.cli.main import main
 
-from conftest import cloze_rows
+from conftest import cloze_rows, optional
 
-ray = pytest.importorskip("ray")
+ray = optional("ray")
 
 
 @pytest.fixture

@@ -175,15 +175,9 @@ def _paper_gain(key: str, bench: str) -> str:
     return "-" if not row or "base" not in row else f"{row['laser'][0] - row['base'][0]:+.1f}"
 
 
-def figure7(out_dir: Path, results: dict[str, dict]) -> Path | None:
-    """The val gain of the best rho per (benchmark, layer), for mlp_in and mlp_out: which layers help which task
-    (the paper's Figure 7). In points for rates; in the metric's own units, sign flipped, for a loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+def figure7_grid(out_dir: Path, results: dict[str, dict]) -> dict[str, dict[tuple[str, int], float]]:
+    """benchmark -> {(type, layer): val gain of its best single edit over the base}: points (x100) for a rate, the
+    decrease for a loss, from each benchmark's results.jsonl."""
     from ..evaluation.metrics import lower_is_better
 
     grids = {}
@@ -198,6 +192,19 @@ def figure7(out_dir: Path, results: dict[str, dict]) -> Path | None:
                 gain = sign * (x["metrics"][r["metric"]] - base)
                 best[(e["type"], e["layer"])] = max(gain, best.get((e["type"], e["layer"]), float("-inf")))
         grids[name] = best
+    return grids
+
+
+def figure7(out_dir: Path, results: dict[str, dict]) -> Path | None:
+    """The val gain of the best rho per (benchmark, layer), for mlp_in and mlp_out: which layers help which task
+    (the paper's Figure 7). In points for rates; in the metric's own units, sign flipped, for a loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grids = figure7_grid(out_dir, results)
     layers = sorted({layer for g in grids.values() for _, layer in g})
     if not layers:
         return None
