@@ -69,6 +69,16 @@ class Linear8bitLt(torch.nn.Linear):  # the bitsandbytes class name, int8 storag
         self.weight = torch.nn.Parameter(torch.zeros(o, i, dtype=torch.int8), requires_grad=False)
 
 
+class Params4bit(torch.nn.Parameter):  # bitsandbytes' 4-bit storage: packed uint8, two weights a byte
+    pass
+
+
+class Linear4bit(torch.nn.Linear):
+    def __init__(self, i, o):
+        super().__init__(i, o, bias=False)
+        self.weight = Params4bit(torch.zeros(o * i // 2, 1, dtype=torch.uint8), requires_grad=False)
+
+
 class _FP8(torch.nn.Linear):
     def __init__(self, i, o):
         super().__init__(i, o, bias=False)
@@ -77,7 +87,7 @@ class _FP8(torch.nn.Linear):
 
 
 @pytest.mark.parametrize("make,kind", [(_Packed, "packed integer"), (Linear8bitLt, "bitsandbytes 8-bit"),
-                                       (_FP8, "FP8")])
+                                       (Linear4bit, "bitsandbytes 4-bit"), (_FP8, "FP8")])
 def test_quantized_storage_is_refused_with_what_to_load(make, kind):
     model = build_tiny("qwen2")
     mlp = model.model.layers[1].mlp
