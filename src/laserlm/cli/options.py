@@ -120,8 +120,9 @@ def add_edit_args(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("-e", "--edit", action="append", required=required, default=[], metavar="EDIT",
                    help="[METHOD/]TYPE:LAYER:AMOUNT, repeatable. METHOD: svd (default), bottom, prune, zero, mp. "
                         "TYPE: mlp_in, mlp_up, mlp_out, attn_q, attn_k, attn_v, attn_qkv, attn_o, or a group "
-                        "mlp, attn, all. LAYER: 7, 20-27, 3,5,9 or all. AMOUNT: rho in (0,1] (rank kept = "
-                        "max(1, floor(rho*min(m,n)))) or k=K")
+                        "mlp, attn, all; on a mixture of experts every expert is reduced, TYPE@E names one "
+                        "(mlp_out@3, mlp_in@shared). LAYER: 7, 20-27, 3,5,9 or all. AMOUNT: rho in (0,1] (rank kept "
+                        "= max(1, floor(rho*min(m,n)))) or k=K")
     add_svd_args(p)
 
 
@@ -151,13 +152,11 @@ def add_save_dtype(p) -> None:
 
 def save_dtype(args, loaded):
     """The torch dtype --save-dtype names, `source` being the loaded checkpoint's own."""
-    import torch
-
     from ..models.loading import resolve_dtype
 
     if args.save_dtype == "source":
         return loaded.source_dtype or next(loaded.model.parameters()).dtype
-    return resolve_dtype(args.save_dtype) if args.save_dtype in ("float32", "float16", "bfloat16") else torch.float32
+    return resolve_dtype(args.save_dtype)
 
 
 def svd_cache_from_args(args):

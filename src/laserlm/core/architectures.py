@@ -1,6 +1,8 @@
 """The architecture table: canonical matrix types to module paths, one entry per `model_type`.
 
-Adding an architecture means adding one entry here and one tiny config in tests/conftest.py.
+Any causal LM is found by its structure (core/structure.py); the table keeps the paper's families with their
+exact module choices, the encoders and non-language models, and is where a correction goes when structure cannot
+decide (an entry here wins).
 Paths are relative to one block; `blocks` is the block list relative to `model.base_model`.
 `head` is the model class used to load it: causal LMs by default, masked LMs for encoders ("mlm"), the class
 the folder's config names for other models ("image", "none"). An entry may be a list of alternatives (one

@@ -1,4 +1,5 @@
-"""Where each canonical matrix lives in a model: the table, user patterns, or discovery."""
+"""Where each canonical matrix lives in a model: user patterns, the table, the structure (core/structure.py), or,
+last, discovery of every matrix under the largest block list."""
 
 from __future__ import annotations
 

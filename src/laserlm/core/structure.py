@@ -173,15 +173,13 @@ def _pick(children: list, by_class: re.Pattern, by_name: re.Pattern, exclude: re
     return next((n for n, m in ok if by_name.search(n)), None)
 
 
-def _skipped(block: nn.Module, keep: nn.Module | None, drop: list[nn.Module]) -> set[int]:
-    out = set()
-    for m in drop:
-        if m is not None and m is not keep:
-            out |= {id(x) for x in m.modules()}
-    return out
+def _skipped(drop: list[nn.Module | None]) -> set[int]:
+    """Every module under these (the attention, a cross-attention): not the MLP's."""
+    return {id(x) for m in drop if m is not None for x in m.modules()}
 
 
 def analyze_block(model: nn.Module, block: nn.Module, layer: int, block_path: str) -> BlockLayout:
+    """Block `layer`'s targets by role, its attention's path, and what was noted on the way."""
     hidden = _hidden_size(model)
     experts = _n_experts(model)
     out = BlockLayout()
@@ -199,7 +197,7 @@ def analyze_block(model: nn.Module, block: nn.Module, layer: int, block_path: st
             if n not in (mlp_name, attn_name) and _SHARED.search(n) and _MLP.search(n):
                 mlp_matrices += _matrices(m, n, set())
     else:  # the MLP's maps hang from the block (OPT's fc1/fc2, BERT's intermediate/output)
-        mlp_matrices = _matrices(block, "", _skipped(block, None, [attn, *cross]))
+        mlp_matrices = _matrices(block, "", _skipped([attn, *cross]))
     out.mlp = mlp_name
     mlp_types = _mlp_roles(mlp_matrices, hidden, experts, out.notes)
     attn_matrices = _matrices(attn, attn_name, set()) if attn is not None else []
