@@ -64,3 +64,71 @@ def test_best_json_carries_paired_intervals_from_the_test_rows(tiny_with_tokeniz
     assert best["test_ci"] == paired_bootstrap([float(x) for x in preds["base"]], [float(x) for x in preds["best"]])["ci"]
     assert set(best["test_paired"]) == {"top1", "top10", "logloss"}
     assert "test - base [95% CI]" in (out / "report.md").read_text()
+
+
+def test_grouped_bootstrap_resamples_groups_on_a_hand_case():
+    """Eight rows, differences 1,1,1,1,0,0,0,0. As two groups of four, a resample is aa, ab, ba or bb: means 1,
+    .5, .5, 0 with chances 1/4, 1/2, 1/4, so the 95% interval is [0, 1]. As eight rows, the mean is k/8 with
+    k ~ Bin(8, 1/2) (cumulative .004, .035, ..., .965, .996): the interval is [1/8, 7/8]."""
+    base, other = [0.0] * 8, [1.0] * 4 + [0.0] * 4
+    grouped = paired_bootstrap(base, other, groups=["a"] * 4 + ["b"] * 4)
+    assert grouped["ci"] == [0.0, 1.0] and grouped["groups"] == 2 and grouped["diff"] == 0.5
+    assert paired_bootstrap(base, other)["ci"] == [0.125, 0.875]
+    # Every row its own group is the row bootstrap, to the bit.
+    assert paired_bootstrap(base, other, groups=list("abcdefgh")) == paired_bootstrap(base, other)
+
+
+def test_groups_of_identical_rows_widen_the_interval():
+    """40 groups of 5 identical rows: the same values counted as 200 independent rows give an interval about
+    sqrt(5) = 2.2 times too narrow."""
+    import random
+
+    rng = random.Random(0)
+    base, other, groups = [], [], []
+    for g in range(40):
+        b, o = float(rng.random() < 0.4), float(rng.random() < 0.55)
+        base += [b] * 5
+        other += [o] * 5
+        groups += [f"q{g}"] * 5
+    wide, narrow = paired_bootstrap(base, other, groups=groups)["ci"], paired_bootstrap(base, other)["ci"]
+    assert (wide[1] - wide[0]) >= 1.8 * (narrow[1] - narrow[0])
+
+
+def test_the_group_sign_flip_is_mcnemar_for_single_rows_and_counts_groups_once():
+    from laserlm.evaluation.stats import sign_flip
+
+    base = [1] * 3 + [0] * 9 + [1] * 8
+    other = [0] * 3 + [1] * 9 + [1] * 8  # 9 gained, 3 lost: McNemar p = 2 P[Bin(12, 1/2) <= 3] = 0.146
+    exact = mcnemar_exact([bool(v) for v in base], [bool(v) for v in other])["p"]
+    flip = sign_flip(base, other, [f"#{i}" for i in range(20)])
+    assert exact == pytest.approx(2 * sum(math.comb(12, i) for i in range(4)) / 2 ** 12)
+    assert flip["p"] == pytest.approx(exact, abs=0.01) and flip["gained"] == 9 and flip["lost"] == 3
+    # The same rows as 4 groups (each one question): nets -3, +5, +4 and 0, total 6. Of the 8 sign patterns of
+    # (3, 5, 4), those whose total is at least 6 in size are 12, 6, -6, -12: p = 4/8, not McNemar's 0.146.
+    groups = ["l"] * 3 + ["g1"] * 5 + ["g2"] * 4 + ["x"] * 8
+    grouped = sign_flip(base, other, groups)
+    assert grouped["groups"] == 4 and grouped["p"] == pytest.approx(0.5, abs=0.02)
+    assert "test" not in compare(base, other)["mcnemar"]
+    assert compare(base, other, groups=groups)["mcnemar"]["test"] == "group sign-flip"
+
+
+def test_a_task_files_groups_reach_the_test_interval(tiny_with_tokenizer, tmp_path):
+    """Rows carrying "group" (three prompts of one question) stay in one split, and best.json's interval is the
+    cluster bootstrap of the stored per-row values over those groups."""
+    rows = cloze_rows(240, seed=9)
+    for i, r in enumerate(rows):
+        r["group"] = f"q{i // 3}"
+    task = tmp_path / "rows.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    assert main(["search", str(tiny_with_tokenizer), "-t", str(task), "--layers", "1-2", "--rhos", "0.1,k=1",
+                 "--no-svd-cache", "-o", str(out)]) == 0
+    best = json.loads((out / "best.json").read_text())["best"]
+    tests = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]
+    base_row = next(r for r in tests if not r["edits"])
+    best_row = next(r for r in tests if r["edits"] == best["edits"])
+    groups = base_row["groups"]
+    assert len(groups) == len(base_row["per_row"]["top1"]) and len(set(groups)) == len(groups) // 3
+    want = paired_bootstrap(base_row["per_row"]["top1"], best_row["per_row"]["top1"], groups=groups)
+    assert best["test_ci"] == want["ci"] and best["test_paired"]["top1"]["groups"] == len(groups) // 3
+    assert best["test_paired"]["top1"]["mcnemar"]["test"] == "group sign-flip"

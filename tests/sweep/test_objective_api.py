@@ -120,3 +120,31 @@ def test_bad_objectives_get_one_line_and_exit_2(tmp_path, capsys, extra, message
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_an_objectives_groups_widen_the_test_interval(tmp_path):
+    """An objective returning "groups" (here 40 groups of 5 identical rows): the test interval resamples groups, at
+    least 1.8 times as wide as the same per-row values counted as independent rows; a bad "groups" is refused."""
+    import random
+
+    rng = random.Random(1)
+    truth = [(float(rng.random() < 0.4), float(rng.random() < 0.6)) for _ in range(40)]
+
+    def objective(model, split, grouped=True):
+        rank = torch.linalg.matrix_rank(model.blocks[1].fc1.weight.detach()).item()
+        values = [b if rank == 8 else e for b, e in truth for _ in range(5)]  # rank < 8: the edit's values
+        out = {"score": sum(values) / len(values), "per_row": {"score": values}}
+        return {**out, "groups": [f"g{i // 5}" for i in range(200)]} if grouped else out
+
+    runs = {}
+    for grouped in (True, False):
+        runs[grouped] = laserlm.search(toy("build")(), lambda m, s, g=grouped: objective(m, s, g), metric="score",
+                                       run_dir=tmp_path / str(grouped), types="fc1", layers=[1],
+                                       module_patterns=PATTERNS, rhos=[0.5], progress=False)
+    wide, narrow = runs[True]["best"]["test_ci"], runs[False]["best"]["test_ci"]
+    assert runs[True]["best"]["test_diff"] == runs[False]["best"]["test_diff"] != 0
+    assert (wide[1] - wide[0]) >= 1.8 * (narrow[1] - narrow[0])
+    with pytest.raises(laserlm.UserError, match="groups that are not one id per row"):
+        laserlm.search(toy("build")(), lambda m, s: {**objective(m, s), "groups": ["a"]}, metric="score",
+                       run_dir=tmp_path / "bad", types="fc1", layers=[1], module_patterns=PATTERNS, rhos=[0.5],
+                       progress=False)

@@ -71,6 +71,8 @@ def records_from(examples: list[Example], requests: list[Request], results, enco
     records = []
     for i, ex in enumerate(examples):
         rec: dict = {"index": ex.index}
+        if ex.group is not None:  # rows of one group are resampled together (evaluation/stats.py)
+            rec["group"] = ex.group
         items = by_example[i]
         if ex.kind == "choice":
             per_choice = [res.logprobs for key, res in sorted(items, key=lambda kr: kr[0][2])]

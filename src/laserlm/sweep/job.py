@@ -231,7 +231,8 @@ def paired_test(base_row: dict, row: dict, metric: str) -> dict:
     """test_ci (95% paired bootstrap interval of the selection metric's difference from the base model),
     test_p_mcnemar (exact, for a 0-1 metric), and test_paired: the same for every metric with per-row values."""
     b, o = base_row.get("per_row") or {}, row.get("per_row") or {}
-    paired = {m: compare(b[m], o[m]) for m in o if m in b and b[m] and len(b[m]) == len(o[m])}
+    groups = base_row.get("groups")  # rows of one group are resampled together
+    paired = {m: compare(b[m], o[m], groups=groups) for m in o if m in b and b[m] and len(b[m]) == len(o[m])}
     out: dict = {}
     if metric in paired:
         out["test_diff"], out["test_ci"] = paired[metric]["diff"], paired[metric]["ci"]

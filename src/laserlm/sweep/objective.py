@@ -57,9 +57,16 @@ class Objective:
             raise UserError(f"objective {self.name} returned {type(out).__name__}, not a dict of metric -> float")
         n = out.get("n", 0)
         records = self._records(out.get("per_row"))
+        groups = out.get("groups")
+        if groups is not None:
+            if not isinstance(groups, (list, tuple)) or len(groups) != len(records):
+                raise UserError(f"objective {self.name} returned groups that are not one id per row of per_row "
+                                f"({len(records)} rows): return \"groups\": [one id per row], or leave it out")
+            for rec, g in zip(records, groups):
+                rec["group"] = str(g)
         metrics = {}
         for key, value in out.items():
-            if key in ("n", "per_row"):
+            if key in ("n", "per_row", "groups"):
                 continue
             try:
                 metrics[str(key)] = float(value)

@@ -67,6 +67,8 @@ class Sweeper:
         if self.per_row:
             values = {m: row_values(ev.records, m) for m in ev.metrics}
             row["per_row"] = {m: v for m, v in values.items() if v is not None}
+            if any("group" in r for r in ev.records):  # the paired statistics resample these together
+                row["groups"] = [r.get("group", f"#{i}") for i, r in enumerate(ev.records)]
         self.store.append(row)
         return row
 

@@ -77,6 +77,11 @@ def parse_row(raw, where: str, index: int) -> Example:
     split = raw.get("split")
     if split is not None and split not in ("val", "test"):
         raise UserError(f"{where}: field 'split' must be \"val\" or \"test\", not {split!r}")
+    group = raw.get("group")
+    if group is not None and (isinstance(group, bool) or not isinstance(group, (str, int))):
+        raise UserError(f"{where}: field 'group' must be a string (rows of one group share a split and are "
+                        f"resampled together), not {group!r}")
+    group = None if group is None or group == "" else str(group)
     paraphrases = raw.get("paraphrases", [])
     if not isinstance(paraphrases, list) or not all(isinstance(p, str) for p in paraphrases):
         raise UserError(f"{where}: field 'paraphrases' must be a list of strings")
@@ -87,13 +92,14 @@ def parse_row(raw, where: str, index: int) -> Example:
         label = raw.get("label")
         if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
             raise UserError(f"{where}: field 'label' must be an integer index into 'choices' (0-{len(choices) - 1})")
-        return Example(prompt, choices=choices, label=label, paraphrases=paraphrases, split=split, index=index)
+        return Example(prompt, choices=choices, label=label, paraphrases=paraphrases, split=split, index=index,
+                       group=group)
     if "answer" not in raw:
         raise UserError(f"{where}: a row needs 'answer' (cloze: {CLOZE_FORM}) or 'choices' (choice: {CHOICE_FORM})")
     answers = _str_list(raw["answer"], "answer", where)
     if not all(a.strip() for a in answers):
         raise UserError(f"{where}: field 'answer' holds an empty string")
-    return Example(prompt, answers=answers, paraphrases=paraphrases, split=split, index=index)
+    return Example(prompt, answers=answers, paraphrases=paraphrases, split=split, index=index, group=group)
 
 
 def read_task_file(path: str | Path) -> Task:
