@@ -11,7 +11,7 @@ from laserlm import get_layout
 from laserlm.core.edits import edited
 from laserlm.core.svd import SVDCache
 from laserlm.evaluation.evaluate import Prepared
-from laserlm.evaluation.generation import GenSettings, eos_ids, unverifiable
+from laserlm.evaluation.generation import GenSettings, unverifiable
 from laserlm.evaluation.metrics import choose_metrics
 from laserlm.evaluation.scoring import Scorer
 from laserlm.evaluation.tasks import Example

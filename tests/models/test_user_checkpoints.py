@@ -148,9 +148,7 @@ def test_changed_weights_change_the_identity_even_in_the_middle(tmp_path, task_f
     assert done.returncode == 2 and "holds a run for another model" in done.stderr
 
 
-def test_a_rerun_after_an_upgrade_is_refused_not_mixed(tmp_path, task_file, monkeypatch):
-    from laserlm.models import identity
-
+def test_a_rerun_after_an_upgrade_is_refused_not_mixed(tmp_path, task_file):
     folder = tmp_path / "tiny"
     build_tiny("llama").save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)

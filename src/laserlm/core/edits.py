@@ -10,7 +10,7 @@ from typing import Iterable, Iterator, Union
 import torch
 from torch import nn
 
-from .layout import Conv1D, Layout, Target, get_layout, is_matrix_module
+from .layout import Layout, Target, get_layout, is_matrix_module
 from ..errors import UserError
 from .methods import get_method, Reduced
 from .ranks import rank_for
