@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .greedy import tolerance
+from .greedy import leaves_draft
 from .kv_reuse import PassKV, cache_name, prefix_kv, supported, tail_cache, window
 from .scoring import Request, Scorer, max_positions
 
@@ -222,9 +222,10 @@ class Drafts:
 def _accept(draft: list[int], res, settings: GenSettings, eos: set[int], dtype) -> tuple[list[int], bool]:
     """(tokens certain now, whether the generation is complete), from the greedy picks along the draft."""
     for j, (token, (value, lead)) in enumerate(zip(res.argmax, res.margins)):
-        if lead < tolerance(value, dtype):
+        left = leaves_draft(token, draft[j], value, lead, dtype)
+        if left == "tie":
             return draft[:j], False
-        if token != draft[j]:
+        if left == "flip":
             accepted = draft[:j] + [token]
             return accepted, token in eos or len(accepted) >= settings.max_new
     return list(draft), True

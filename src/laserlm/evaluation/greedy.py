@@ -11,6 +11,15 @@ def tolerance(value: float, dtype: torch.dtype) -> float:
     return max(1e-3, 8 * torch.finfo(dtype).eps * abs(value))
 
 
+def leaves_draft(token: int, expected: int, value: float, lead: float, dtype: torch.dtype) -> str | None:
+    """Where a greedy pick along a draft stops following it: "tie" (its lead is within rounding, so generate() may
+    pick otherwise), "flip" (it picks another token), or None (it follows the draft). The one rule both the head's
+    picks (Greedy.run) and the drafts' acceptance (generation.py) apply."""
+    if lead < tolerance(value, dtype):
+        return "tie"
+    return "flip" if token != expected else None
+
+
 class Greedy:
     """Greedy picks at gathered rows, as generate() makes them: the argmax of the float32 logits with the barred
     tokens (EOS before min_new_tokens) at -inf; with each pick, its logit and its lead over the runner-up.
@@ -59,7 +68,7 @@ class Greedy:
                     continue
                 self.made[g] = step + 1
                 value, lead = self.margins[first + step]
-                if step + 1 < count and self.tokens[first + step] == expect[step] and lead >= tolerance(value, dtype):
+                if step + 1 < count and leaves_draft(self.tokens[first + step], expect[step], value, lead, dtype) is None:
                     going.append(g)
             alive, step = going, step + 1
 
