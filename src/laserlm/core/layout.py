@@ -159,13 +159,14 @@ def _plain_target(type_: str, layer: int, name: str, module: nn.Module) -> Targe
 
 def _from_structure(model: nn.Module, model_type: str) -> Layout | None:
     """Canonical types found by role (core/structure.py), for a model the table does not know."""
-    from .structure import analyze_block, find_blocks
+    from .structure import analyze_block, expert_counts, find_blocks, hidden_size
 
     path = find_blocks(model)
     if path is None:
         return None
     blocks = model.get_submodule(path)
-    found = [analyze_block(model, block, i, path) for i, block in enumerate(blocks)]
+    hidden, experts = hidden_size(model), expert_counts(model)
+    found = [analyze_block(model, block, i, path, hidden, experts) for i, block in enumerate(blocks)]
     if not any("mlp_in" in b.targets or "mlp_out" in b.targets for b in found):
         return None
     notes = sorted({n for b in found for n in b.notes})

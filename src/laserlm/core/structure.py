@@ -29,6 +29,7 @@ from .targets import Conv1D, Target, is_matrix_module
 _ATTN = re.compile(r"attn|attention|mixer|mamba", re.I)
 _CROSS = re.compile(r"cross|encoder_attn", re.I)
 _MLP = re.compile(r"mlp|feed_?forward|ffn|moe|experts?$|^ff$", re.I)
+_RECURRENT = re.compile(r"mixer|mamba|linear_attn|ssm|rwkv|delta", re.I)
 _ATTN_CLASS = re.compile(r"Attention|Attn|Mixer|Mamba", re.I)
 _MLP_CLASS = re.compile(r"MLP|FeedForward|MoE|Moe|Expert|FFN|Sparse", re.I)
 _ROUTER = re.compile(r"router|^gate$|^wg$|gating|shared_expert_gate|^switch", re.I)
@@ -52,7 +53,6 @@ class BlockLayout:
 
     targets: dict[str, Target] = field(default_factory=dict)
     attn: str | None = None
-    mlp: str | None = None
     notes: set[str] = field(default_factory=set)  # "moe", "fused gate+up", "state-space" ...
 
 
@@ -99,7 +99,7 @@ def find_blocks(model: nn.Module) -> str | None:
     return None
 
 
-def _hidden_size(model: nn.Module) -> int | None:
+def hidden_size(model: nn.Module) -> int | None:
     config = text_config(model)
     for name in ("hidden_size", "n_embd", "d_model", "dim"):
         if isinstance(getattr(config, name, None), int):
@@ -108,7 +108,7 @@ def _hidden_size(model: nn.Module) -> int | None:
     return getattr(emb, "embedding_dim", None)
 
 
-def _n_experts(model: nn.Module) -> set[int]:
+def expert_counts(model: nn.Module) -> set[int]:
     config = text_config(model)
     names = ("num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts", "num_routed_experts")
     return {v for k in names if isinstance(v := getattr(config, k, None), int)}
@@ -178,10 +178,12 @@ def _skipped(drop: list[nn.Module | None]) -> set[int]:
     return {id(x) for m in drop if m is not None for x in m.modules()}
 
 
-def analyze_block(model: nn.Module, block: nn.Module, layer: int, block_path: str) -> BlockLayout:
-    """Block `layer`'s targets by role, its attention's path, and what was noted on the way."""
-    hidden = _hidden_size(model)
-    experts = _n_experts(model)
+def analyze_block(model: nn.Module, block: nn.Module, layer: int, block_path: str,
+                  hidden: int | None = None, experts: set[int] | None = None) -> BlockLayout:
+    """Block `layer`'s targets by role, its attention's path, and what was noted on the way. `hidden` and `experts`
+    (the hidden size and expert counts, from the model when not given) are the model's, the same for every block."""
+    hidden = hidden if hidden is not None else hidden_size(model)
+    experts = experts if experts is not None else expert_counts(model)
     out = BlockLayout()
     children = [(n, m) for n, m in block.named_children() if _holds_matrices(m)]
     attn_name = _pick(children, _ATTN_CLASS, _ATTN, exclude=_CROSS)
@@ -198,10 +200,9 @@ def analyze_block(model: nn.Module, block: nn.Module, layer: int, block_path: st
                 mlp_matrices += _matrices(m, n, set())
     else:  # the MLP's maps hang from the block (OPT's fc1/fc2, BERT's intermediate/output)
         mlp_matrices = _matrices(block, "", _skipped([attn, *cross]))
-    out.mlp = mlp_name
     mlp_types = _mlp_roles(mlp_matrices, hidden, experts, out.notes)
     attn_matrices = _matrices(attn, attn_name, set()) if attn is not None else []
-    attn_types = _attn_roles(attn_matrices, hidden, out.notes)
+    attn_types = _attn_roles(attn_matrices, hidden)
     for role, parts in list(mlp_types.items()) + list(attn_types.items()):
         out.targets[role] = _target(role, layer, block_path, parts)
     # Everything else keeps its path as its type: still editable by name (routers excepted).
@@ -212,16 +213,13 @@ def analyze_block(model: nn.Module, block: nn.Module, layer: int, block_path: st
         if any(_ROUTER.search(seg) for seg in m.rel.split(".")) or m.shape[0] in experts:
             continue
         out.targets.setdefault(m.rel, _target(m.rel, layer, block_path, [m]))
-    if attn is not None and _ATTN.search(attn_name) and re.search(r"mixer|mamba|linear_attn|ssm|rwkv|delta", attn_name + type(attn).__name__, re.I):
+    if attn is not None and _ATTN.search(attn_name) and _RECURRENT.search(attn_name + type(attn).__name__):
         out.notes.add("state-space or linear attention")
     return out
 
 
 def _target(role: str, layer: int, block_path: str, parts: list[_Matrix]) -> Target:
-    subs = []
-    for m in parts:
-        for t in _split(m, role, layer, block_path):
-            subs.append(t)
+    subs = [t for m in parts for t in _split(m, role, layer, block_path)]
     if len(subs) == 1 and not parts[0].expert:
         return subs[0]
     name = f"{block_path}.{layer}.{_common(parts)}"
@@ -304,10 +302,10 @@ def _mlp_roles(matrices: list[_Matrix], hidden: int | None, experts: set[int], n
             notes.add("moe")
         m.expert = len(m.shape) == 3 or m.expert_list is not None or _SHARED.search(m.rel) is not None
         roles.setdefault(role, []).append(m)
-    # A lone input map of an ungated MLP named `up` (Apertus, Jais-2) is its input: mlp_in.
     for role, parts in roles.items():  # outside a mixture, one matrix per role: the first the names chose
         if not any(m.expert for m in parts):
             roles[role] = parts[:1]
+    # A lone input map of an ungated MLP named `up` (Apertus, Jais-2) is its input: mlp_in.
     if "mlp_up" in roles and "mlp_in" not in roles:
         roles["mlp_in"] = roles.pop("mlp_up")
     if any(m.expert for parts in roles.values() for m in parts):
@@ -317,7 +315,7 @@ def _mlp_roles(matrices: list[_Matrix], hidden: int | None, experts: set[int], n
     return roles
 
 
-def _attn_roles(matrices: list[_Matrix], hidden: int | None, notes: set[str]) -> dict:
+def _attn_roles(matrices: list[_Matrix], hidden: int | None) -> dict:
     roles: dict[str, list[_Matrix]] = {}
     for m in matrices:
         if len(m.shape) != 2:

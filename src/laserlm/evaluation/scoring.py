@@ -86,6 +86,7 @@ class Scorer:
                              and getattr(model.config, "_attn_implementation", None) in TREE_ATTENTION)
         self.fast, self.trees = False, False
         self.head_rows = head_rows(model)
+        self.head_module = head_module(model)  # found once: the head runs once per gathered chunk
         checked = fast_path(self)
         self.fast, self.trees, self.head_check = checked.head.exact, checked.packing, checked.head
         self.fast_reasons = checked.reasons
@@ -160,7 +161,7 @@ class Scorer:
         return self.model(**self._inputs(batch), **no_cache(self.model)).logits
 
     def raw_head(self, h: torch.Tensor) -> torch.Tensor:
-        return head_module(self.model)(h)
+        return self.head_module(h)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.head_check.apply(self.raw_head(h))

@@ -71,14 +71,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _file_fingerprint(path: Path) -> str:
-    return file_fingerprint(path)
-
-
-def _folder_fingerprint(folder: Path) -> str:
-    return folder_fingerprint(folder)
-
-
 def checkpoint_dtype(config) -> torch.dtype | None:
     """The dtype the checkpoint's config says its weights are stored in (`dtype`, formerly `torch_dtype`)."""
     config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
@@ -152,7 +144,7 @@ def _gguf_as_folder(path: Path) -> Path:
     """Transformers dequantizes a GGUF file slowly (~20 s for 135M); do it once and keep an HF folder."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cache_root() / "gguf" / f"{path.stem}-{_file_fingerprint(path)}"
+    folder = cache_root() / "gguf" / f"{path.stem}-{file_fingerprint(path)}"
     if (folder / "config.json").is_file():
         return folder
     print(f"laser: converting {path.name} to a cached HF folder (once) ...", file=sys.stderr)
@@ -199,7 +191,7 @@ def _load_folder(folder: Path, dtype: str, device: str, device_map, trust: bool 
     # Without tokenizer files, transformers 5 builds an empty tokenizer rather than failing.
     if any((folder / f).is_file() for f in TOKENIZER_FILES):
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder)
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
         except (OSError, ValueError, TypeError):
             tokenizer = None
     return model, tokenizer, recipe, source
@@ -258,7 +250,7 @@ def load_model(
         # A GGUF file's tensors are quantized or half precision: bfloat16 is what it holds at most.
         model, tokenizer, _, source = _load_folder(_gguf_as_folder(path), dtype, device, device_map,
                                                    source=torch.bfloat16)
-        fingerprint = _file_fingerprint(path)
+        fingerprint = file_fingerprint(path)
     elif is_python_spec(spec):  # FILE.py:FACTORY, a function that builds any torch module
         model = load_attr(spec, "MODEL")()
         if not isinstance(model, torch.nn.Module):
@@ -271,7 +263,7 @@ def load_model(
         folder = Path(spec).expanduser()
         kind = "folder"
         model, tokenizer, recipe, source = _load_folder(folder, dtype, device, device_map, trust_remote_code)
-        fingerprint = _folder_fingerprint(folder)
+        fingerprint = folder_fingerprint(folder)
     elif _looks_like_path(spec) or Path(spec).expanduser().exists():
         raise UserError(f"no such model folder or file: {spec}")
     else:
