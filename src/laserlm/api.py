@@ -17,6 +17,8 @@ from .core.layout import Layout, get_layout
 from .core.svd import SVDCache, default_cache
 from .errors import UserError
 from .models.python import module_fingerprint
+from .evaluation.selection import DEFAULT_RULE
+from .sweep.pick import ALPHA, SELECT_CHOICES
 from .sweep.job import SearchJob, device_type, objective_splits, progress_bar, run_job
 from .sweep.objective import Objective, as_objective
 from .sweep.sweeper import PAPER_RHOS
@@ -51,6 +53,8 @@ def search(
     cache: SVDCache | None = None,
     prescreen: str | None = None,
     budget: int | None = None,
+    select: str = DEFAULT_RULE,
+    alpha: float = ALPHA,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -67,7 +71,16 @@ def search(
     Matrices are addressed by the architecture table, by `module_patterns` ('blocks.{layer}.mlp.fc1'),
     or by an explicit `layout`. `prescreen="mp"|"snr"` with `budget=N` evaluates only the N candidates a
     data-free reading of the spectra ranks best.
+
+    `select` is the rule that picks among the candidates ("best", "lcb", "shrink"; "paper" for the paper's argmax
+    over edits only) and `alpha` the level of the verdict. The result's "selection" says how many candidates were
+    compared, the family-wise p-value that some candidate beats the base, the verdict, and the pick's val gain raw
+    (the best of K: optimistic) and corrected for the choice; both need the objective's "per_row".
     """
+    if select not in SELECT_CHOICES:
+        raise UserError(f"select={select!r}: use one of {', '.join(SELECT_CHOICES)}")
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha={alpha}: give a level between 0 and 1, e.g. 0.05")
     objective = as_objective(objective, metric, higher_is_better)
     methods, rhos = list(methods), list(rhos)
     if not methods:
@@ -88,7 +101,7 @@ def search(
         cache=cache, compose=compose, identity=identity,
         numerics={"dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "svd": cache.label,
                   "device": device_type(model)},
-        lower=not objective.higher_is_better, prescreen=prescreen, budget=budget)
+        lower=not objective.higher_is_better, prescreen=prescreen, budget=budget, select=select, alpha=alpha)
     result = run_job(job, bar=progress_bar() if progress else None, log=log)
     write_report(job.run_dir)
     return result

@@ -58,7 +58,7 @@ def test_flips_agree_with_eval_predictions(tiny_with_tokenizer, tmp_path):
     task.write_text("".join(json.dumps(r) + "\n" for r in cloze_rows(300, seed=11)))
     run = tmp_path / "run"
     assert main(["search", str(tiny_with_tokenizer), "-t", str(task), "--layers", "all", "--rhos", "0.5,0.1,k=1",
-                 "--no-svd-cache", "-o", str(run)]) == 0
+                 "--no-svd-cache", "--select", "paper", "-o", str(run)]) == 0
     best = json.loads((run / "best.json").read_text())["best"]["edits"]
     edit = str(Edit.from_json(best[0]))
     preds = {}

@@ -29,6 +29,11 @@ def files(tmp_path, tiny_with_tokenizer):
 
 
 CASES = {
+    "--alpha above 1": (["search", "{model}", "-t", "{rows}", "--alpha", "2", "-o", "{dir}/r"], "--alpha 2: give a level"),
+    "--alpha not a number": (["search", "{model}", "-t", "{rows}", "--alpha", "x", "-o", "{dir}/r"], "--alpha x"),
+    "unknown --select": (["search", "{model}", "-t", "{rows}", "--select", "max", "-o", "{dir}/r"], "invalid choice"),
+    "apply --from a folder without a run": (["apply", "--from", "{dir}", "-o", "{dir}/out"], "no best.json and run.json"),
+    "apply without MODEL or --from": (["apply", "-e", "mlp_in:0:0.5", "-o", "{dir}/out"], "needs MODEL and -e EDIT"),
     "missing --text": (["eval", "{model}", "--text", "{dir}/nope.txt"], "no such file"),
     "--stride 0": (["eval", "{model}", "--text", "{dir}/book.txt", "--stride", "0"], "--stride: must be at least 1"),
     "negative --stride": (["eval", "{model}", "--text", "{dir}/book.txt", "--stride", "-3"], "must be at least 1"),

@@ -51,7 +51,7 @@ def test_apply_writes_a_loadable_folder(tiny_folder, tmp_path, capsys, arch):
     (["-e", "mlp_in:0:1.5"], "outside (0, 1]"),
     (["-e", "mlp_in::0.1"], "malformed edit"),
     (["-e", "mlp_in:0:0.1", "-e", "mlp:0:0.5"], "both change"),
-    ([], "the following arguments are required: -e/--edit"),
+    ([], "laser apply needs MODEL and -e EDIT, or --from RUN_DIR"),
 ])
 def test_apply_bad_input_is_one_line_and_exit_2(tiny_folder, tmp_path, capsys, argv, fragment, arch):
     code = main(["apply", str(tiny_folder), *argv, "-o", str(tmp_path / "x")])

@@ -119,3 +119,30 @@ def test_a_gptj_table_shows_every_figure_of_the_paper(tmp_path):
         for value in (*row["base"], *row["laser"]):
             assert f"{value:g}" in cells, (name, value)
         assert f"({edits[name][0] if edits[name][0] != 'mlp' else 'U'}, {edits[name][1]}, {edits[name][2]:g})" in cells
+
+
+def test_figure7_marks_cells_never_evaluated_and_cells_halving_stopped(tmp_path):
+    """A benchmark folder written by hand: layer 0 evaluated on all of val, layer 1 stopped by halving on 10 rows,
+    layer 2 never evaluated. The early cell shows its gain on its own rows; the other two are not "no change"."""
+    import matplotlib.image
+
+    from laserlm.analysis.table1 import figure7, figure7_early, figure7_grid
+
+    def row(edits, n, acc):
+        return json.dumps({"key": f"{edits}-{n}", "edits": edits, "split": "val", "n": n, "metrics": {"acc": acc}})
+
+    def edit(layer, amount):
+        return [{"method": "svd", "type": "mlp_in", "layer": layer, "amount": amount}]
+
+    folder = tmp_path / "bb_epistemic"
+    folder.mkdir()
+    (folder / "results.jsonl").write_text("\n".join([row([], 40, 0.5), row(edit(0, 0.1), 40, 0.55)]) + "\n")
+    (folder / "halving.jsonl").write_text("\n".join([
+        row([], 10, 0.4), row([], 20, 0.45), row(edit(0, 0.1), 10, 0.5), row(edit(1, 0.1), 10, 0.7),
+        row(edit(1, 0.5), 10, 0.3), row(edit(0, 0.1), 20, 0.5)]) + "\n")
+    results = {"bb_epistemic": {"metric": "acc", "layers": [0, 2]}}
+    assert figure7_grid(tmp_path, results) == {"bb_epistemic": {("mlp_in", 0): pytest.approx(5.0)}}
+    assert figure7_early(tmp_path, results) == {"bb_epistemic": {("mlp_in", 1): pytest.approx(30.0)}}
+    image = matplotlib.image.imread(figure7(tmp_path, results))
+    grey = (abs(image[..., :3] - 200 / 255) < 0.02).all(-1)
+    assert grey.sum() > 200, "the never-evaluated cells are not drawn grey"

@@ -47,7 +47,7 @@ def test_best_json_carries_paired_intervals_from_the_test_rows(tiny_with_tokeniz
     task.write_text("".join(json.dumps(r) + "\n" for r in cloze_rows(300, seed=9)))
     out = tmp_path / "run"
     assert main(["search", str(tiny_with_tokenizer), "-t", str(task), "--layers", "all", "--rhos", "0.5,0.1,k=1",
-                 "--no-svd-cache", "-o", str(out)]) == 0
+                 "--no-svd-cache", "--select", "paper", "-o", str(out)]) == 0
     best = json.loads((out / "best.json").read_text())["best"]
     assert best["edits"], "the search selected no edit"
     preds = {}

@@ -48,7 +48,7 @@ def test_survivors_of_each_round_with_a_stub_objective():
 
 def _argv(folder, task, out, *extra):
     return ["search", str(folder), "-t", str(task), "--types", "mlp_in,mlp_out,attn_o", "--layers", "all",
-            "--rhos", "0.9,0.6,0.3,0.1,k=2,k=1", "--no-svd-cache", "--halving", "2", "-o", str(out), *extra]
+            "--rhos", "0.9,0.6,0.3,0.1,k=2,k=1", "--no-svd-cache", "--halving", "2", "--select", "paper", "-o", str(out), *extra]
 
 
 def _by_key(path):

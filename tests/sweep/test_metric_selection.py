@@ -65,7 +65,7 @@ def test_laser_search_metric_top10_compose(tiny_with_tokenizer, tmp_path):
     task.write_text("".join(json.dumps(r) + "\n" for r in cloze_rows(300, seed=4)))
     out = tmp_path / "run"
     assert main(["search", str(tiny_with_tokenizer), "-t", str(task), "--layers", "all", "--rhos", "0.5,0.1,k=1",
-                 "--metric", "top10", "--compose", "--no-svd-cache", "-o", str(out)]) == 0
+                 "--metric", "top10", "--compose", "--no-svd-cache", "--select", "paper", "-o", str(out)]) == 0
     best = json.loads((out / "best.json").read_text())
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     singles = [r for r in rows if r["edits"]]

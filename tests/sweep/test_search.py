@@ -133,7 +133,7 @@ def test_run_folder_refuses_other_runs_and_extends_grids(tiny_with_tokenizer, ta
 
     def argv(task=task_file, layers="1-2", rhos="0.5", *extra):
         return ["search", str(tiny_with_tokenizer), "-t", str(task), "--layers", layers, "--rhos", rhos,
-                "--limit", "40", "--no-svd-cache", "-o", str(out), *extra]
+                "--limit", "40", "--no-svd-cache", "--select", "paper", "-o", str(out), *extra]
 
     assert main(argv()) == 0
     assert len(_rows(out / "results.jsonl")) == 1 + 2 * 2
@@ -149,7 +149,7 @@ def test_run_folder_refuses_other_runs_and_extends_grids(tiny_with_tokenizer, ta
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["layers"] == ["0", "1", "2"] and manifest["amounts"] == ["0.2", "0.5"]
     best = json.loads((out / "best.json").read_text())
-    assert set(best) == {"metric", "lower_is_better", "base", "best", "mp", "composed"} and best["metric"] == "top1"
+    assert set(best) == {"metric", "lower_is_better", "base", "best", "mp", "composed", "selection"} and best["metric"] == "top1"
     assert best["lower_is_better"] is False
     assert best["mp"]["edits"][0]["method"] == "mp" and best["mp"]["edits"][0]["layer"] == best["best"]["edits"][0]["layer"]
     want = max((r for r in rows if r["edits"]), key=lambda r: rank_key(r["metrics"], "top1"))  # ties: logloss

@@ -51,6 +51,10 @@ def write_compress_report(out: Path, summary: dict) -> Path:
              f"files take {c['folder_bytes'] / 1e6:.1f} MB. Test change: {ci} (95% paired bootstrap interval), McNemar "
              f"p {p}. The reloaded folder scores val {metric} {c['val_reloaded'][metric]:.4f}.", "",
              "![metric against parameters kept](compress.png)", ""]
+    if summary.get("selection"):
+        from ..evaluation.selection import verdict_text
+
+        lines += [f"The single reductions' search on val: {verdict_text(summary['selection'])}.", ""]
     _plot(out, summary)
     path = out / "compress.md"
     path.write_text("\n".join(lines))

@@ -22,8 +22,29 @@ def _amount_label(e: dict) -> str:
     return label if e["method"] == "svd" else f"{e['method']} {label}".strip()
 
 
-def plot(rows: list[dict], base: dict | None, metric: str, path: Path, title: str) -> None:
-    """Metric against layer: one panel per type, one line per amount, the base model dashed."""
+def stopped_early(run_dir: Path, full: list[dict]) -> list[tuple[dict, dict]]:
+    """Candidates --halving stopped before all of val: (its last partial row, the base's row on the same rows),
+    for every single edit that results.jsonl lacks."""
+    path = Path(run_dir) / HALVING_STORE
+    if not path.exists():
+        return []
+    done = {json.dumps(r["edits"], sort_keys=True) for r in full}
+    last: dict[str, dict] = {}
+    bases: dict[int, dict] = {}
+    for r in ResultStore(path, read_only=True).rows.values():
+        if not r["edits"]:
+            bases[r["n"]] = r
+        elif len(r["edits"]) == 1 and (key := json.dumps(r["edits"], sort_keys=True)) not in done:
+            if key not in last or r["n"] > last[key]["n"]:
+                last[key] = r
+    return [(r, bases[r["n"]]) for r in last.values() if r["n"] in bases]
+
+
+def plot(rows: list[dict], base: dict | None, metric: str, path: Path, title: str, layers: list[int] | None = None,
+         early: list[tuple[dict, dict]] = ()) -> None:
+    """Metric against layer: one panel per type, one line per amount, the base model dashed. A line breaks at a
+    layer of the grid it was not evaluated at (a prescreen's budget, halving); a candidate halving stopped early
+    is a hollow marker at its gain on the rows it had, drawn against the full-val base line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,19 +52,31 @@ def plot(rows: list[dict], base: dict | None, metric: str, path: Path, title: st
     from matplotlib.ticker import MaxNLocator
 
     singles = [r for r in rows if len(r["edits"]) == 1 and metric in r["metrics"]]
-    types = sorted({r["edits"][0]["type"] for r in singles})
+    types = sorted({r["edits"][0]["type"] for r in singles} | {r["edits"][0]["type"] for r, _ in early})
     if not types:
         return
     fig, axes = plt.subplots(1, len(types), figsize=(5 * len(types), 3.8), squeeze=False, sharey=True)
     for ax, t in zip(axes[0], types):
-        lines: dict[str, list] = {}
+        lines: dict[str, dict[int, float]] = {}
         for r in singles:
             e = r["edits"][0]
             if e["type"] == t:
-                lines.setdefault(_amount_label(e), []).append((e["layer"], r["metrics"][metric]))
+                lines.setdefault(_amount_label(e), {})[e["layer"]] = r["metrics"][metric]
+        grid = sorted(set(layers or []) | {x for pts in lines.values() for x in pts})
+        colours = {}
         for label, pts in sorted(lines.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+            line, = ax.plot(grid, [pts.get(x, float("nan")) for x in grid], marker="o", ms=3, label=label)
+            colours[label] = line.get_color()
+        shown = False
+        for r, b in early:
+            e = r["edits"][0]
+            if e["type"] != t or metric not in r["metrics"] or base is None or metric not in b["metrics"]:
+                continue
+            value = base["metrics"][metric] + r["metrics"][metric] - b["metrics"][metric]
+            ax.plot([e["layer"]], [value], marker="o", ms=4, mfc="none", ls="none",
+                    color=colours.get(_amount_label(e), "grey"),
+                    label=None if shown else "stopped early (halving): its gain on the rows it had")
+            shown = True
         if base is not None and metric in base["metrics"]:
             ax.axhline(base["metrics"][metric], ls="--", color="black", label="base")
         ax.set_title(t)
@@ -96,6 +129,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["", "The interval is a paired bootstrap over test rows (10,000 resamples, seed 0); McNemar's exact "
                   "test counts the rows only one of the two models gets right (0-1 metrics). The selection of the best "
                   "of many candidates on val does not bias them: test rows took no part in it.", ""]
+        lines += _selection_section(best)
     lines += ["## Top 10 candidates (val)", "", f"| edit | {' | '.join(cols)} | n |", "|---" * (len(cols) + 2) + "|"]
     for r in singles[:10] + ([base] if base else []):
         label = f"`{Edit.from_json(r['edits'][0])}`" if r["edits"] else "base"
@@ -108,15 +142,37 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"- {key}: {', '.join(manifest[key])}")
     lines.append(f"- candidates evaluated: {len(singles)}")
     lines += ["", "## Plots", ""]
+    early = stopped_early(run_dir, singles)
     for m in cols:
         name = f"plot_{m}.png"
-        plot(rows, base, m, run_dir / name, f"{model} on {task}: val {m} against layer")
+        plot(rows, base, m, run_dir / name, f"{model} on {task}: val {m} against layer",
+             layers=[int(x) for x in manifest.get("layers", [])], early=early)
         if (run_dir / name).exists():
             lines.append(f"![{m}]({name})")
     lines += _analysis_sections(run_dir)
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _selection_section(best: dict) -> list[str]:
+    """The verdict on val: does any edit beat the base beyond what choosing among K candidates gives?"""
+    from ..evaluation.selection import verdict_text
+
+    lines = []
+    for name in ("best", "composed"):
+        sel = best.get("selection") if name == "best" else best.get("composed", {}).get("selection")
+        if not sel:
+            continue
+        ci = sel.get("val_gain_corrected_ci")
+        lines += [f"Selection of `{name}` (rule `{sel['rule']}`, alpha {sel['alpha']:g}): {verdict_text(sel)}"
+                  + (f", 95% interval [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else "") + "."
+                  + (f" {sel['note']}." if sel.get("note") and sel.get("p_any") is not None else ""), ""]
+    if lines:
+        lines += ["The val gain of a pick is the best of K noisy estimates and so optimistic; the corrected gain "
+                  "scores the rule's picks on val rows they were not chosen on (bootstrap bias-corrected "
+                  "selection), and p is a family-wise bootstrap max-t over all K (docs/search.md).", ""]
+    return lines
 
 
 def _methods_section(singles: list[dict], cols: list[str], metric: str, lower: bool) -> list[str]:

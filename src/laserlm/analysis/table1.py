@@ -161,9 +161,22 @@ def table1(model: str, results: dict[str, dict], skipped: dict[str, str], second
         lines.append("| " + " | ".join(row) + " |")
     if notes:
         lines += ["", "Notes:", *notes]
+    lines += selection_lines(results)
     lines += ["", "![Figure 7: val gain of the best rho per benchmark and layer](figure7.png)", "",
               f"Total time: {seconds:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def selection_lines(results: dict[str, dict]) -> list[str]:
+    """What choosing among K candidates on val is worth, per benchmark: the family-wise p-value that some
+    candidate beats the base and the val gain, raw (the best of K, optimistic) and corrected for the choice."""
+    from ..evaluation.selection import verdict_text
+
+    rows = [(name, r["selection"]) for name, r in results.items() if r.get("selection")]
+    if not rows:
+        return []
+    return ["", "Selection on val (the paper picks the argmax; these say what that pick is worth before test):", "",
+            *[f"- {name}: {verdict_text(sel)}." for name, sel in rows]]
 
 
 def _num(v) -> str:
@@ -195,32 +208,71 @@ def figure7_grid(out_dir: Path, results: dict[str, dict]) -> dict[str, dict[tupl
     return grids
 
 
+def figure7_early(out_dir: Path, results: dict[str, dict]) -> dict[str, dict[tuple[str, int], float]]:
+    """benchmark -> {(type, layer): the best gain among candidates --halving stopped early, on the rows they had},
+    for the cells no candidate reached all of val in."""
+    from ..evaluation.metrics import lower_is_better
+    from .report import stopped_early
+
+    full = figure7_grid(out_dir, results)
+    out = {}
+    for name, r in results.items():
+        sign = -1 if lower_is_better(r["metric"]) else 100
+        cells: dict[tuple[str, int], float] = {}
+        for row, base in stopped_early(Path(out_dir) / name, []):
+            e = row["edits"][0]
+            if (e["type"], e["layer"]) in full.get(name, {}) or r["metric"] not in row["metrics"]:
+                continue
+            gain = sign * (row["metrics"][r["metric"]] - base["metrics"][r["metric"]])
+            cells[(e["type"], e["layer"])] = max(gain, cells.get((e["type"], e["layer"]), float("-inf")))
+        out[name] = cells
+    return out
+
+
 def figure7(out_dir: Path, results: dict[str, dict]) -> Path | None:
     """The val gain of the best rho per (benchmark, layer), for mlp_in and mlp_out: which layers help which task
-    (the paper's Figure 7). In points for rates; in the metric's own units, sign flipped, for a loss."""
+    (the paper's Figure 7). In points for rates; in the metric's own units, sign flipped, for a loss. A cell no
+    candidate was evaluated in (a prescreen's budget) is grey and hatched, not the white of "no change"; a cell
+    whose candidates halving stopped early shows their gain on the rows they had, dotted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Patch, Rectangle
 
     grids = figure7_grid(out_dir, results)
-    layers = sorted({layer for g in grids.values() for _, layer in g})
+    early = figure7_early(out_dir, results)
+    layers = sorted({layer for g in list(grids.values()) + list(early.values()) for _, layer in g})
+    for name, r in results.items():  # the grid's layers, evaluated or not
+        layers = sorted(set(layers) | set(range(r["layers"][0], r["layers"][1] + 1)) if r.get("layers") else layers)
     if not layers:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.45 * len(layers) * 2 + 4), 1.6 + 0.5 * len(grids)),
                              squeeze=False, sharey=True)
-    values = {t: np.array([[g.get((t, layer), np.nan) for layer in layers] for g in grids.values()])
-              for t in ("mlp_in", "mlp_out")}
+    values = {t: np.array([[g.get((t, layer), early[n].get((t, layer), np.nan)) for layer in layers]
+                           for n, g in grids.items()]) for t in ("mlp_in", "mlp_out")}
     span = max(1e-9, max(float(np.nanmax(np.abs(v))) if np.isfinite(v).any() else 0 for v in values.values()))
+    cmap = plt.get_cmap("RdBu").with_extremes(bad="#c8c8c8")
     for ax, (t, v) in zip(axes[0], values.items()):
-        im = ax.imshow(v, cmap="RdBu", vmin=-span, vmax=span, aspect="auto")
+        im = ax.imshow(np.ma.masked_invalid(v), cmap=cmap, vmin=-span, vmax=span, aspect="auto")
+        for i, n in enumerate(grids):
+            for j, layer in enumerate(layers):
+                if (t, layer) in grids[n]:
+                    continue
+                hatch = ".." if (t, layer) in early[n] else "///"
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch=hatch, lw=0, color="#555555"))
         ax.set_title(t, fontsize=9)
         ax.set_xticks(range(len(layers)), [str(x) for x in layers], fontsize=7)
         ax.set_yticks(range(len(grids)), list(grids), fontsize=8)
         ax.set_xlabel("layer")
     fig.suptitle("val gain of the best rho over the base model, per benchmark and layer", fontsize=9, y=1.04)
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="points (loss: its decrease)")
+    fig.legend(handles=[Patch(facecolor="#c8c8c8", hatch="///", edgecolor="#555555", label="not evaluated"),
+                        Patch(facecolor="white", hatch="..", edgecolor="#555555",
+                              label="stopped early by halving (gain on the rows it had)")],
+               loc="upper center", bbox_to_anchor=(0.45, -0.04 - 0.1 / max(len(grids), 1)), ncol=2, fontsize=7,
+               frameon=False)
     path = Path(out_dir) / "figure7.png"
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from ..analysis import plots
@@ -164,7 +165,14 @@ def _run_folder(args):
     task.drop_long_answers(loaded.tokenizer)
     examples = task.select(args.split, manifest["split_seed"], limit)
     layout = get_layout(loaded.model, run_args.get("module_pattern"))
-    return loaded, task, examples, layout, [Edit.from_json(e) for e in best["best"]["edits"]], best
+    edits = best["best"]["edits"]
+    if not edits:  # the rule kept the base: the analyses study the best edit on val all the same
+        edits = (best.get("selection") or {}).get("argmax") or []
+        if not edits:
+            raise UserError(f"{run_dir}: the search evaluated no edit")
+        print(f"laser: the run's pick is the base model; analysing its best edit on val, "
+              f"{' '.join(str(Edit.from_json(e)) for e in edits)}", file=sys.stderr)
+    return loaded, task, examples, layout, [Edit.from_json(e) for e in edits], best
 
 
 def run_flips(args) -> int:
@@ -181,7 +189,7 @@ def run_flips(args) -> int:
     name = "pred_token" if "pred_token" in base[0] else "pred"
     label = (lambda r: tok.decode([r[name]])) if name == "pred_token" else (lambda r: str(r[name]))
     corrected_preds = [label(base[i]) for i in f.corrected]
-    table = {"edits": best["best"]["edits"], "split": args.split, "n": len(examples), "counts": f.counts(),
+    table = {"edits": [e.to_json() for e in edit], "split": args.split, "n": len(examples), "counts": f.counts(),
              "generic_share_of_base_predictions_on_corrected": generic_share(corrected_preds),
              "examples": [{"index": i, "prompt": examples[i].prompt, "answer": (examples[i].answers or
                            [examples[i].choices[examples[i].label]])[0], "base": label(base[i]),

@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .jobs import add_speed_args, check_speed_args, task_search
+from .jobs import add_select_args, add_speed_args, check_speed_args, task_search
 from .options import (add_model_args, add_save_dtype, add_svd_args, add_task_args, non_negative_float, output_dir,
                       positive_int, save_dtype)
 
@@ -71,7 +71,7 @@ def run_compress(args) -> int:
                "compressed": {"val": greedy.path[-1]["metrics"], "test": stack_test["metrics"],
                               "val_reloaded": _rescored(job, reloaded).score().metrics, **after,
                               **paired_test(base_test, stack_test, metric)},
-               "search_seconds": round(result["seconds"], 1)}
+               "search_seconds": round(result["seconds"], 1), "selection": result.get("selection")}
     (out / "compress.json").write_text(json.dumps(summary, indent=2) + "\n")
     report = write_compress_report(out, summary)
     b, c = summary["base"], summary["compressed"]
@@ -110,6 +110,7 @@ def register_compress(p):
                    help="keep the val metric >= base - T (a loss <= base + T); default 0: never worse than the base")
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
     add_speed_args(p)
+    add_select_args(p, "lcb")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="folder: search/ (the single reductions, resumable), stack.jsonl, model/ (the factorized "
                         "folder), compress.json, compress.md and compress.png")

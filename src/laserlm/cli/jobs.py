@@ -38,6 +38,31 @@ def add_speed_args(p) -> None:
                    help="GPUs each Ray actor asks for, fractional allowed (default 0: CPU workers)")
 
 
+def _alpha(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise UserError(f"--alpha {text}: give a level between 0 and 1, e.g. 0.05")
+    return value
+
+
+def add_select_args(p, default: str) -> None:
+    """--select and --alpha: how the pick is made among the candidates, and the verdict's level."""
+    p.add_argument("--select", choices=["best", "lcb", "shrink", "paper"], default=default,
+                   help="the selection rule: best (the val argmax), lcb (the highest 95%% lower confidence bound of "
+                        "the paired val gain), shrink (the highest empirical-Bayes gain, shrunk toward its layer's "
+                        "mean); the base model is a candidate of all three, so the pick is never worse than it on "
+                        "val. paper: the paper's argmax over edits only. Default: " + default + (
+                            " (the paper's protocol)" if default == "paper" else
+                            " (in benchmarks/selection.py's simulations its regret is argmax's or less, and far "
+                            "less where most edits are harmful)"))
+    p.add_argument("--alpha", type=_alpha, default=0.05, metavar="A",
+                   help="level of the verdict: an edit is called a gain when the family-wise p-value that some "
+                        "candidate beats the base, over all K candidates, is below A (default 0.05)")
+
+
 def check_speed_args(args) -> None:
     """Combinations refused before any work."""
     if args.backend == "ray":
@@ -104,7 +129,8 @@ def text_job(args, *, loaded, layout, scorer, task, task_arg: str, data: str | N
                        "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern,
                        "protocol": protocol}},
         sweep=ray_sweep(args, layout, task_arg, data, run_dir, protocol) if args.backend == "ray" else None,
-        halving=args.halving, prescreen=args.prescreen, budget=args.budget, grad_rows=args.grad_rows)
+        halving=args.halving, prescreen=args.prescreen, budget=args.budget, grad_rows=args.grad_rows,
+        select=getattr(args, "select", "lcb"), alpha=getattr(args, "alpha", 0.05))
 
 
 def task_search(args, default_rhos, run_dir: Path):

@@ -97,8 +97,10 @@ def formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32, width=100)
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="hub id, local HF folder, .gguf file, or 'demo'")
+def add_model_args(p: argparse.ArgumentParser, optional: bool = False) -> None:
+    p.add_argument("model", metavar="MODEL", nargs="?" if optional else None,
+                   help="hub id, local HF folder, .gguf file, or 'demo'" + (
+                       " (with --from: default the run's own model)" if optional else ""))
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="weights dtype. auto (default): the checkpoint's own dtype on a GPU (bfloat16 for a GGUF "
                         "file), float32 on the CPU, where half-precision matmuls are slow. SVDs are computed in "

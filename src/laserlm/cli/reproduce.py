@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import HubUnavailable, UserError
-from .jobs import add_speed_args, check_speed_args, text_job
+from .jobs import add_select_args, add_speed_args, check_speed_args, text_job
 from .options import (add_batch_args, add_chat_arg, add_model_args, add_svd_args, fit_task, load_from_args, output_dir,
                       parse_rhos, positive_int, scorer_for, select_rows, svd_cache_from_args, task_metrics)
 
@@ -134,6 +134,7 @@ def register_reproduce(p):
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
     p.add_argument("--compose", action="store_true", help="also stack the best layers greedily (the paper's §5.1)")
     add_speed_args(p)
+    add_select_args(p, "paper")
     p.add_argument("-o", "--output", required=True, metavar="DIR",
                    help="folder: one search run folder per benchmark, table1.md, table1.json and figure7.png")
     p.set_defaults(run=run_reproduce)

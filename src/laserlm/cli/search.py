@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UserError
-from .jobs import add_speed_args, check_speed_args, task_search
+from .jobs import add_select_args, add_speed_args, check_speed_args, task_search
 from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, parse_rhos,
                       positive_int, svd_cache_from_args)
 
@@ -38,7 +38,8 @@ def _objective_search(args) -> int:
                     rhos=amounts, methods=methods,
                     compose=args.compose, module_patterns=args.module_pattern, metric=args.metric,
                     higher_is_better=False if args.minimize else None, model_id=args.model, cache=cache,
-                    prescreen=args.prescreen, budget=args.budget)
+                    prescreen=args.prescreen, budget=args.budget, select=args.select,
+                    alpha=args.alpha)
     print("\n".join(summary_lines(result)))
     print(f"report: {Path(args.output) / 'report.md'}")
     return 0
@@ -93,6 +94,7 @@ def register_search(p):
     p.add_argument("--compose", action="store_true",
                    help="greedily stack each layer's best edit, layers ordered by val gain, while val improves")
     add_speed_args(p)
+    add_select_args(p, "lcb")
     p.add_argument("-o", "--output", required=True, metavar="RUN_DIR",
                    help="run folder: results.jsonl (append-only, fsynced), best.json, report.md, plots")
     p.set_defaults(run=run_search)

@@ -23,12 +23,14 @@ from ..evaluation.evaluate import Prepared
 from ..evaluation.generation import GenSettings
 from ..evaluation.metrics import Metric, lower_is_better
 from ..evaluation.scoring import Scorer
+from ..evaluation.selection import DEFAULT_RULE, verdict_text
 from ..evaluation.stats import compare
 from ..errors import UserError
 from .halving import HALVING_STORE, halve, rounds_text, schedule
 from .prescreen import GRAD_ROWS, PRESCREEN_FILE, prescreen, shortlist
 from .objective import Objective, ObjectiveSplit
 from .store import ResultStore, check_manifest, rows_hash
+from .pick import ALPHA, choose
 from .sweeper import Sweeper, best_row, compose, grid
 
 
@@ -91,6 +93,8 @@ class SearchJob:
     prescreen: str | None = None  # mp, snr or grad: rank the candidates before any evaluation ...
     budget: int | None = None  # ... and evaluate only this many of the best ranked (grad-matrix: matrices)
     grad_rows: int = GRAD_ROWS  # val rows of the gradient of --prescreen grad / grad-matrix
+    select: str = DEFAULT_RULE  # the selection rule (sweep/pick.py); "paper": the paper's argmax over edits
+    alpha: float = ALPHA  # the level of the verdict: an edit when p_any < alpha
 
     def __post_init__(self):
         # The code's versions are part of every key: a rerun after an upgrade recomputes, never mixes.
@@ -166,12 +170,20 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
     metric = job.metric
     base = on_val.done([])
     rows = [r for r in on_val.store.rows.values() if r["split"] == "val"]
-    best = best_row(rows, metric, job.lower)
+    singles = [r for r in rows if len(r["edits"]) == 1]
+    best, selection = choose(base, singles, metric, job.lower, job.select, job.alpha)
+    if plan and len(plan) > 1:
+        selection["note"] = (f"successive halving: the figures compare the last round's {len(singles)} candidates; "
+                             f"the earlier rounds' choices among {len(candidates)} are not corrected for")
+    top = best_row(singles, metric, job.lower)
+    if top is not None:  # what the analyses study when the rule keeps the base
+        selection["argmax"] = top["edits"]
     on_test = sweeper("test", "test.jsonl")
     base_test = on_test.evaluate([])
     result = {"metric": metric, "lower_is_better": lower, "base": summary([], base, base_test, metric)}
     best_edits = [Edit.from_json(e) for e in best["edits"]] if best else []
     result["best"] = summary(best_edits, best or base, on_test.evaluate(best_edits), metric, base_test)
+    result["selection"] = selection
     if best_edits:  # the data-free baseline on the same matrix: keep what clears the Marchenko-Pastur edge
         mp = [Edit("mp", best_edits[0].type, best_edits[0].layer)]
         baselines = sweeper("val", "baselines.jsonl")  # kept out of results.jsonl, which selection reads
@@ -180,6 +192,10 @@ def run_job(job: SearchJob, bar=None, log=None) -> dict:
         on_compose = sweeper("val", "composed.jsonl")
         stack, row = compose(on_compose, rows, base, metric, log=log, lower=job.lower)
         result["composed"] = summary(stack, row, on_test.evaluate(stack), metric, base_test)
+        # the family compose chose from: every single edit and every stack it evaluated
+        stacks = [r for r in on_compose.store.rows.values() if len(r["edits"]) > 1]
+        _, result["composed"]["selection"] = choose(base, singles + stacks, metric, job.lower, "best", job.alpha,
+                                                    argmax=row if stack else None)
     (job.run_dir / "best.json").write_text(json.dumps(result, indent=2) + "\n")
     return {**result, "seconds": secs, "swept": len(pending), "halving": plan}
 
@@ -254,6 +270,8 @@ def summary_lines(result: dict) -> list[str]:
             r = result[name]
             edits = " ".join(str(Edit.from_json(e)) for e in r["edits"]) or "(no edit)"
             lines.append(f"{name:9s} val {metric} {r['val']:.4f}  test {metric} {r['test']:.4f}{ci_text(r)}  {edits}")
+    if "selection" in result:
+        lines.append(f"selection ({result['selection']['rule']}): {verdict_text(result['selection'])}")
     return lines
 
 

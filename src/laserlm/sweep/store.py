@@ -8,6 +8,7 @@ it, since the search may be writing that very line); a rerun skips every key alr
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -25,6 +26,25 @@ def rows_hash(examples) -> str:
     for ex in examples:
         h.update(json.dumps([ex.prompt, ex.answers, ex.choices, ex.label, ex.paraphrases]).encode())
     return h.hexdigest()[:16]
+
+
+def pack_rows(values: list[float]) -> dict:
+    """Per-row values, compactly: a bit per row for a 0/1 metric, else float32, base64 in both cases (500 rows:
+    84 or 2,668 characters). What the selection statistics read back for every candidate."""
+    import numpy as np
+
+    if all(v in (0.0, 1.0) for v in values):
+        return {"n": len(values), "bits": base64.b64encode(np.packbits(np.array(values, dtype=np.uint8))).decode()}
+    return {"n": len(values), "f32": base64.b64encode(np.array(values, dtype="<f4").tobytes()).decode()}
+
+
+def unpack_rows(packed: dict) -> list[float]:
+    import numpy as np
+
+    if "bits" in packed:
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(packed["bits"]), dtype=np.uint8))[:packed["n"]]
+        return bits.astype(float).tolist()
+    return np.frombuffer(base64.b64decode(packed["f32"]), dtype="<f4").astype(float).tolist()
 
 
 def candidate_key(context: dict, split: str, edits: list[dict]) -> str:

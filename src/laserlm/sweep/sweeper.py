@@ -19,7 +19,7 @@ from ..evaluation.evaluate import Evaluation, Prepared
 from ..evaluation.metrics import rank_key, row_values
 from .objective import ObjectiveSplit
 from .prefix import PrefixCache, check_replay
-from .store import ResultStore, candidate_key
+from .store import ResultStore, candidate_key, pack_rows
 from ..core.svd import SVDCache
 
 PAPER_RHOS = (0.9, 0.8, 0.6, 0.2, 0.1, 0.05, 0.01)
@@ -52,7 +52,7 @@ class Sweeper:
     split: str
     cache: SVDCache
     walk: tuple[int, list] | None = None  # (layer, states entering it): where the last sweep stopped
-    per_row: bool = False  # store each example's metric values (the test rows: paired intervals)
+    per_row: bool = False  # store each example's values as lists (the test rows: paired intervals); else packed
     replay: object = None  # prefix.ReplayCheck, once a sweep has asked
 
     def key(self, edits: list[Edit]) -> str:
@@ -64,11 +64,15 @@ class Sweeper:
     def _record(self, edits: list[Edit], ev: Evaluation, secs: float) -> dict:
         row = {"key": self.key(edits), "edits": [e.to_json() for e in edits], "split": self.split,
                "n": ev.n, "metrics": ev.metrics, "seconds": round(secs, 3)}
+        values = {m: row_values(ev.records, m) for m in ev.metrics}
+        values = {m: v for m, v in values.items() if v is not None}
         if self.per_row:
-            values = {m: row_values(ev.records, m) for m in ev.metrics}
-            row["per_row"] = {m: v for m, v in values.items() if v is not None}
-            if any("group" in r for r in ev.records):  # the paired statistics resample these together
-                row["groups"] = [r.get("group", f"#{i}") for i, r in enumerate(ev.records)]
+            row["per_row"] = values
+        elif values:  # every candidate's, packed: the selection statistics need them (sweep/pick.py)
+            row["rows"] = {m: pack_rows(v) for m, v in values.items()}
+        if (self.per_row or not edits) and any("group" in r for r in ev.records):
+            # the paired statistics resample these together; the base row carries them for every candidate
+            row["groups"] = [r.get("group", f"#{i}") for i, r in enumerate(ev.records)]
         self.store.append(row)
         return row
 
