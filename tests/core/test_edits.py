@@ -148,8 +148,18 @@ def test_zero_and_mp():
     target = layout.target("mlp_in", 2)
     w = target.weight.detach().double()
     m, n = w.shape
-    sigma = math.sqrt(((w - w.mean()) ** 2).mean().item())
-    assert mp_threshold(w) == pytest.approx(sigma * (math.sqrt(m) + math.sqrt(n)))
+    assert (m, n) == (128, 32)
+    # Gavish-Donoho: sigma = median singular value / sqrt(max(m, n) * mu_beta), mu_beta the median of the
+    # Marchenko-Pastur law for beta = 32/128, here by a plain Riemann sum of its density
+    beta = 0.25
+    a, b = (1 - beta ** 0.5) ** 2, (1 + beta ** 0.5) ** 2
+    t = a + (b - a) * torch.linspace(0, 1, 400001, dtype=torch.float64)
+    dens = torch.sqrt((b - t) * (t - a)) / (2 * math.pi * beta * t)
+    cdf = torch.cumsum(dens, 0) / dens.sum()
+    mu = t[int(torch.searchsorted(cdf, torch.tensor(0.5, dtype=torch.float64)))].item()
+    s = torch.linalg.svdvals(w)
+    sigma = s.median().item() / math.sqrt(max(m, n) * mu)
+    assert mp_threshold(w) == pytest.approx(sigma * (math.sqrt(m) + math.sqrt(n)), rel=1e-4)
     expected_k = max(1, int((torch.linalg.svdvals(w) > sigma * (math.sqrt(m) + math.sqrt(n))).sum()))
     with edited(model, ["mp/mlp_in:2"]) as steps:
         assert torch.linalg.matrix_rank(target.weight.detach()).item() == expected_k

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..analysis import plots
 from ..errors import UserError
-from .options import (Parser, add_batch_args, add_edit_args, add_model_args, add_svd_args, add_task_args, formatter,
+from .options import (Parser, calibrate_from_args, add_batch_args, add_edit_args, add_model_args, add_svd_args, add_task_args, formatter,
                       load_from_args, output_dir, output_file, positive_int, read_text, scorer_for, svd_cache_from_args,
                       task_from_args)
 
@@ -76,6 +76,7 @@ def run_perplexity(args) -> int:
     loaded = load_from_args(args)
     scorer = scorer_for(loaded, args)
     layout = get_layout(loaded.model, args.module_pattern)
+    calibrate_from_args(args, loaded, layout, args.edit)
     steps = plan(loaded.model, args.edit, layout)
     before = perplexity(scorer, text, window=args.window, stride=args.stride)
     with edited(loaded.model, edits_of(steps), layout=layout, svd_cache=cache):

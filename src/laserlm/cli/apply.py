@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_edit_args, add_model_args, add_save_dtype, load_from_args, output_dir, save_dtype,
-                      svd_cache_from_args)
+from .options import (add_edit_args, add_model_args, add_save_dtype, calibrate_from_args, load_from_args, output_dir,
+                      save_dtype, svd_cache_from_args)
 
 
 def _folder_size(path: Path) -> int:
@@ -71,6 +71,7 @@ def run_apply(args) -> int:
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)
+    calibrate_from_args(args, loaded, layout, args.edit)
     before = sum(p.numel() for p in loaded.model.parameters())
     t0 = time.perf_counter()
     recipe = export(loaded, args.edit, args.output, factorized=args.factorized, layout=layout, svd_cache=cache,

@@ -124,8 +124,38 @@ def add_edit_args(p: argparse.ArgumentParser, required: bool) -> None:
                         "TYPE: mlp_in, mlp_up, mlp_out, attn_q, attn_k, attn_v, attn_qkv, attn_o, or a group "
                         "mlp, attn, all; on a mixture of experts every expert is reduced, TYPE@E names one "
                         "(mlp_out@3, mlp_in@shared). LAYER: 7, 20-27, 3,5,9 or all. AMOUNT: rho in (0,1] (rank kept "
-                        "= max(1, floor(rho*min(m,n)))) or k=K")
+                        "= max(1, floor(rho*min(m,n)))) or k=K. Data-aware methods: whiten/ (SVD-LLM) and asvd/ "
+                        "(ASVD), calibrated by --calibration")
     add_svd_args(p)
+    add_calibration_args(p)
+
+
+def add_calibration_args(p) -> None:
+    p.add_argument("--calibration", metavar="TASK|FILE",
+                   help="what whiten/ and asvd/ edits learn their inputs' statistics on: a UTF-8 text file, or a task's "
+                        "val rows (default: the shipped calibration text, the Python tutorial and FAQ, ~100k tokens). "
+                        "Gathered in one pass of the unedited model and cached by model, text and dtype")
+    p.add_argument("--calibration-tokens", type=positive_int, metavar="N",
+                   help="calibrate on the first N tokens only (default: all of the calibration set)")
+
+
+def needs_calibration(edits=(), methods=()) -> bool:
+    from ..core.edits import parse_edit
+    from ..core.methods import get_method
+
+    names = list(methods) + [parse_edit(e).method if isinstance(e, str) else e.method for e in edits]
+    return any(get_method(m).needs_stats for m in names)
+
+
+def calibrate_from_args(args, loaded, layout, edits) -> dict:
+    """Gather (or read from the cache) what the data-aware edits among `edits` need; {} when none is."""
+    from ..evaluation.calibration import calibrate
+
+    if not needs_calibration(edits):
+        return {}
+    return calibrate(loaded.model, loaded.tokenizer, edits, source=getattr(args, "calibration", None),
+                     max_tokens=getattr(args, "calibration_tokens", None), layout=layout, identity=loaded.identity,
+                     disk=not getattr(args, "no_svd_cache", False))
 
 
 def add_svd_args(p: argparse.ArgumentParser) -> None:

@@ -152,6 +152,12 @@ class Step:
             reduced = method.fn(weight.T if conv else weight, self.edit.amount, groups)
             reduced.transposed = conv
             return reduced
+        if method.needs_stats:  # data-aware: the math is on out x in, whatever the storage
+            from .calibrated import input_stats
+
+            conv = self.target.transposed
+            reduced = method.fn(weight.T if conv else weight, self.k, input_stats(self.target, self.edit), cache)
+            return reduced.transpose() if conv else reduced
         arg = self.k if method.amount == "rank" else self.edit.amount
         # Only top-k methods may take a randomized SVD; the others read the whole spectrum.
         svd = cache.get(weight, self.k if method.top_only else None) if method.needs_svd else None
@@ -191,6 +197,10 @@ def check_target(edit: Edit, target: Target) -> None:
     from .quantized import refuse_quantized
 
     refuse_quantized(edit, target)
+    if get_method(edit.method).needs_stats:
+        from .calibrated import input_stats
+
+        input_stats(target, edit)
     if target.index is None and not is_matrix_module(target.module):
         raise UserError(f"{edit} names {target.name}, which is not a Linear/Conv1D matrix")
     if target.weight.device.type == "meta":

@@ -40,6 +40,12 @@ class Reduced:
             return out.T if self.transposed else out
         return self.dense if self.dense is not None else self.left @ self.right
 
+    def transpose(self) -> "Reduced":
+        """The same replacement for the transposed matrix (in x out storage): (L R)^T = R^T L^T."""
+        if self.dense is not None:
+            return Reduced(dense=self.dense.T, rank=self.rank)
+        return Reduced(left=self.right.mT, right=self.left.mT, rank=self.rank)
+
     @property
     def parameters(self) -> int | None:
         """Numbers in the factored form: k(m + n), or the sum over groups."""
@@ -57,6 +63,7 @@ class Method:
     help: str
     top_only: bool = False  # reads only the top-k components, so `--svd randomized` may serve it
     clusters: int = 0  # clustered methods: the number of row groups (fn then takes the groups, not one SVD)
+    needs_stats: bool = False  # data-aware (core/calibrated.py): fn takes the inputs' statistics and the SVD cache
 
 
 METHODS: dict[str, Method] = {}
@@ -115,20 +122,43 @@ def _zero(weight, amount=None, svd=None) -> Reduced:
     return Reduced(dense=torch.zeros_like(weight), rank=0)
 
 
-def mp_threshold(weight: torch.Tensor) -> float:
-    """The Marchenko-Pastur bulk edge sigma * (sqrt(m) + sqrt(n)) for noise of the entries' std.
+def mp_median(beta: float, points: int = 4001) -> float:
+    """The median of the Marchenko-Pastur law of aspect ratio beta in (0, 1] (the eigenvalues of Z Z^T / n for an
+    m x n matrix Z of unit-variance noise, beta = m / n), by quadrature in t = a + (b - a)(1 - cos u) / 2, which
+    smooths the density's square-root ends."""
+    a, b = (1 - math.sqrt(beta)) ** 2, (1 + math.sqrt(beta)) ** 2
+    u = torch.linspace(0, math.pi, points, dtype=torch.float64)
+    t = a + (b - a) * (1 - torch.cos(u)) / 2
+    dt = (b - a) * torch.sin(u) / 2
+    dens = torch.sqrt(((b - t) * (t - a)).clamp_min(0)) / (2 * math.pi * beta * t.clamp_min(1e-300))
+    f = dens * dt
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum((f[1:] + f[:-1]) / 2 * (u[1] - u[0]), 0)])
+    cdf = cdf / cdf[-1]
+    i = int(torch.searchsorted(cdf, torch.tensor([0.5], dtype=torch.float64)))
+    w = float((0.5 - cdf[i - 1]) / (cdf[i] - cdf[i - 1]))
+    return float(t[i - 1] + w * (t[i] - t[i - 1]))
 
-    sigma is estimated as the standard deviation of all entries (population, not sample): the
-    largest singular value of an m x n matrix of i.i.d. noise of std sigma tends to this edge.
-    """
+
+def noise_sigma(weight: torch.Tensor, singular_values: torch.Tensor | None = None) -> float:
+    """Gavish & Donoho's (2014) robust noise level: the median singular value over sqrt(n * mu_beta), mu_beta the
+    Marchenko-Pastur median (n the larger side, beta = m / n). A signal of rank well under half of min(m, n)
+    barely moves the median, where it inflates the entries' standard deviation."""
+    m, n = sorted(weight.shape)
+    s = singular_values if singular_values is not None else torch.linalg.svdvals(weight.detach().double())
+    return float(s.double().median()) / math.sqrt(n * mp_median(m / n))
+
+
+def mp_threshold(weight: torch.Tensor, singular_values: torch.Tensor | None = None) -> float:
+    """The Marchenko-Pastur bulk edge sigma * (sqrt(m) + sqrt(n)): the largest singular value an m x n matrix of
+    i.i.d. noise of std sigma tends to. sigma is the robust estimate `noise_sigma` (earlier versions took the std of
+    all entries, signal included, which moves the edge up with the signal)."""
     m, n = weight.shape
-    sigma = weight.detach().double().std(correction=0).item()
-    return sigma * (math.sqrt(m) + math.sqrt(n))
+    return noise_sigma(weight, singular_values) * (math.sqrt(m) + math.sqrt(n))
 
 
 @register_method("mp", amount="none", needs_svd=True, help="keep components above the Marchenko-Pastur edge")
 def _mp(weight, amount, svd: SVD) -> Reduced:
-    k = max(1, int((svd.S > mp_threshold(weight)).sum()))
+    k = max(1, int((svd.S > mp_threshold(weight, svd.S)).sum()))
     return _factors(svd, slice(0, k))
 
 
@@ -140,3 +170,5 @@ def _clustered(rows: torch.Tensor, amount, clusters) -> Reduced:
         f = _factors(svd, slice(0, len(svd.S)))
         blocks.append((idx, f.left, f.right))
     return Reduced(blocks=blocks, rank=sum(left.shape[1] for _, left, _ in blocks))
+
+from . import calibrated  # noqa: E402,F401 - registers whiten/ and asvd/ (it imports this module)
