@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .options import (add_edit_args, add_model_args, add_save_dtype, calibrate_from_args, load_from_args, output_dir,
-                      save_dtype, svd_cache_from_args)
+                      output_file, save_dtype, svd_cache_from_args)
 
 
 def _folder_size(path: Path) -> int:
@@ -59,6 +59,27 @@ def from_run(args) -> None:
           f"{', forced' if selection.get('verdict') != 'edit' else ''})")
 
 
+def _write_gguf(args, loaded, layout, cache) -> None:
+    """--gguf: the edited matrices into a copy of the source GGUF file (the model itself stays unedited)."""
+    from ..core.edits import plan
+    from ..models.gguf_out import write_gguf
+
+    if loaded.gguf is None:
+        raise UserError("--gguf writes a GGUF file from a GGUF source (demo or FILE.gguf); this model is an HF "
+                        "folder or hub id: write it with -o, then convert it with llama.cpp's convert_hf_to_gguf.py")
+    t0 = time.perf_counter()
+    edited = {}
+    for step in plan(loaded.model, args.edit, layout, cache):
+        if step.target.index is not None or step.target.transposed:
+            raise UserError(f"--gguf: {step.target.name} is not a plain Linear matrix of the GGUF file")
+        edited[step.target.name] = (step.target.weight, step.reduce(cache).matrix())
+    report = write_gguf(loaded.gguf, Path(args.gguf), edited, args.quant)
+    kinds = ", ".join(sorted(set(report["changed"].values())))
+    how = "in place: metadata and every other tensor byte-identical" if report["in_place"] else "rewritten"
+    print(f"wrote {args.gguf}: {len(report['changed'])} tensors requantized to {kinds} ({how}; dense, as llama.cpp "
+          f"has no low-rank layers) in {time.perf_counter() - t0:.1f} s")
+
+
 def run_apply(args) -> int:
     from ..core.layout import get_layout
     from ..models.export import export
@@ -67,11 +88,21 @@ def run_apply(args) -> int:
         from_run(args)
     elif args.model is None or not args.edit:
         raise UserError("laser apply needs MODEL and -e EDIT, or --from RUN_DIR")
+    if args.output is None and args.gguf is None:
+        raise UserError("laser apply needs -o DIR (an HF folder), --gguf FILE, or both")
+    if args.gguf is not None:
+        output_file(args.gguf, "--gguf")
+    elif args.quant != "same":
+        raise UserError("--quant sets the type of the tensors --gguf writes: add --gguf FILE")
     output_dir(args.output)
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     layout = get_layout(loaded.model, args.module_pattern)
     calibrate_from_args(args, loaded, layout, args.edit)
+    if args.gguf is not None:
+        _write_gguf(args, loaded, layout, cache)
+        if args.output is None:
+            return 0
     before = sum(p.numel() for p in loaded.model.parameters())
     t0 = time.perf_counter()
     recipe = export(loaded, args.edit, args.output, factorized=args.factorized, layout=layout, svd_cache=cache,
@@ -94,7 +125,15 @@ def register_apply(p):
                         "is given; refused when its verdict is that no edit beats the base beyond selection noise")
     p.add_argument("--force", action="store_true",
                    help="with --from: apply the run's best edit even though its verdict rejects it")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="new folder for the edited model")
+    p.add_argument("-o", "--output", metavar="DIR", help="new folder for the edited model (HF format)")
+    p.add_argument("--gguf", metavar="OUT.gguf",
+                   help="also (or only) write the edited model as a GGUF file for llama.cpp, Ollama and LM Studio, "
+                        "from a GGUF source: metadata and untouched tensors copied byte for byte, the edited tensors "
+                        "requantized, dense")
+    p.add_argument("--quant", default="same", choices=["same", "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0",
+                                                       "Q5_1"],
+                   help="type of the edited tensors in --gguf: same (default) as in the source, or the nearest type "
+                        "gguf can quantize (said in the output)")
     add_save_dtype(p)
     p.add_argument("--factorized", action="store_true",
                    help="store each reduced matrix as two factors (m x k, k x n) where that is smaller; "

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .jobs import add_select_args, add_speed_args, check_speed_args, task_search
-from .options import (add_model_args, add_save_dtype, add_svd_args, add_task_args, non_negative_float, output_dir,
+from .options import (add_calibration_args, add_model_args, add_save_dtype, add_svd_args, add_task_args, non_negative_float, output_dir,
                       positive_int, save_dtype)
 
 EXAMPLE = """laser compress demo -t bb_wikidata --metric top1 --limit 300 -o runs/compress
@@ -99,6 +99,7 @@ def register_compress(p):
     add_model_args(p)
     add_task_args(p, required=True)
     add_svd_args(p)
+    add_calibration_args(p)
     add_save_dtype(p)
     p.add_argument("--types", default="mlp", help="matrix types or groups to reduce (default mlp: every MLP matrix)")
     p.add_argument("--layers", default="all", metavar="SPEC", help="layers: 20-27, 3,5,9 or all (default all)")

@@ -123,7 +123,7 @@ def text_job(args, *, loaded, layout, scorer, task, task_arg: str, data: str | N
         cache=cache, compose=compose,
         identity={"model": loaded.identity, "task": task_identity(task_arg, data, protocol), "split_seed": split_seed},
         numerics={"dtype": _dtype_name(loaded.model), "svd": cache.label, "device": "cuda" if ray_gpus else device_type(loaded.model),
-                  **text_numerics(metrics, task.gen())},
+                  **text_numerics(metrics, task.gen()), **calibration_numerics(args, methods)},
         info={"protocol": task.protocol,
               "args": {"model": args.model, "task": task_arg, "data": data, "limit": args.limit,
                        "test_limit": args.test_limit or args.limit, "module_pattern": args.module_pattern,
@@ -131,6 +131,30 @@ def text_job(args, *, loaded, layout, scorer, task, task_arg: str, data: str | N
         sweep=ray_sweep(args, layout, task_arg, data, run_dir, protocol) if args.backend == "ray" else None,
         halving=args.halving, prescreen=args.prescreen, budget=args.budget, grad_rows=args.grad_rows,
         select=getattr(args, "select", "lcb"), alpha=getattr(args, "alpha", 0.05))
+
+
+def calibration_numerics(args, methods) -> dict:
+    """What data-aware candidates' scores depend on (absent otherwise, so earlier runs' keys stay valid)."""
+    from ..evaluation.calibration import calibration_identity
+    from .options import needs_calibration
+
+    if not needs_calibration(methods=methods):
+        return {}
+    return {"calibration": calibration_identity(getattr(args, "calibration", None),
+                                                getattr(args, "calibration_tokens", None))}
+
+
+def calibrate_grid(args, loaded, layout, methods, types, layers) -> None:
+    """The calibration statistics every data-aware candidate of the grid needs, gathered once before the sweep."""
+    from ..core.edits import Edit
+    from .options import calibrate_from_args, needs_calibration
+
+    if needs_calibration(methods=methods):
+        if args.backend == "ray":
+            raise UserError("whiten/ and asvd/ candidates run here: drop --backend ray for them")
+        data_aware = [m for m in methods if needs_calibration(methods=[m])]
+        calibrate_from_args(args, loaded, layout, [Edit(m, t, i, 0.5) for m in data_aware for t in types
+                                                  for i in layers])
 
 
 def task_search(args, default_rhos, run_dir: Path):
@@ -159,6 +183,7 @@ def task_search(args, default_rhos, run_dir: Path):
     layers = list(range(layout.n_layers)) if layers is None else list(layers)
     for layer in layers:
         layout.target(types[0], layer)  # a clear error for a layer out of range
+    calibrate_grid(args, loaded, layout, methods, types, layers)
     job = text_job(args, loaded=loaded, layout=layout, scorer=scorer_for(loaded, args), task=task, task_arg=args.task,
                    data=args.data, protocol=args.protocol, val=val, test=test,
                    metrics=task_metrics(task, None, loaded, val + test, also=metric), metric=metric, run_dir=run_dir,

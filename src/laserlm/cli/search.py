@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .jobs import add_select_args, add_speed_args, check_speed_args, task_search
-from .options import (add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, parse_rhos,
+from .options import (add_calibration_args, add_model_args, add_svd_args, add_task_args, load_from_args, output_dir, parse_rhos,
                       positive_int, svd_cache_from_args)
 
 EXAMPLE = """laser search demo -t bb_wikidata --layers 22-29 --rhos 0.1,0.01 --limit 150 -o runs/wiki
@@ -77,6 +77,7 @@ def register_search(p):
     p.add_argument("--minimize", action="store_true",
                    help="with --objective: the --metric is a loss, lower is better (default: higher is better)")
     add_svd_args(p)
+    add_calibration_args(p)
     p.add_argument("--types", default="mlp_in,mlp_out",
                    help="matrix types or groups to sweep (default mlp_in,mlp_out, as in the paper)")
     p.add_argument("--layers", default="all", metavar="SPEC", help="layers: 20-27, 3,5,9 or all (default all)")

@@ -38,6 +38,7 @@ class Loaded:
     identity: dict = field(default_factory=dict)
     recipe: dict | None = None  # laser_recipe.json, when the folder was written by `laser apply`
     source_dtype: torch.dtype | None = None  # the checkpoint's own dtype (bfloat16 for a GGUF file): what is saved
+    gguf: Path | None = None  # the GGUF file it was read from (`laser apply --gguf` writes one like it)
 
 
 def demo_path() -> Path:
@@ -274,7 +275,8 @@ def load_model(
     if tokenizer is not None and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     identity = {"model": spec, "kind": kind, "fingerprint": fingerprint}
-    return Loaded(model, tokenizer, spec, kind, identity, recipe, source)
+    gguf = path if kind in ("demo", "gguf") else None
+    return Loaded(model, tokenizer, spec, kind, identity, recipe, source, gguf)
 
 
 def _quiet_transformers() -> None:
