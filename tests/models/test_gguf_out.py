@@ -10,7 +10,7 @@ from conftest import needs_demo
 from laserlm.errors import UserError
 from laserlm.models.gguf_out import _llama_permute, dequantize, target_type, write_gguf
 
-gguf = pytest.importorskip("gguf")
+import gguf
 
 ROWS, COLS, HEADS = 64, 96, 4
 
