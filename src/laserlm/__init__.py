@@ -8,12 +8,13 @@ from .core.methods import METHODS, register_method
 from .core.ranks import rank_for
 from .core.svd import SVDCache, default_cache
 from .errors import UserError
+from .evaluation.calibration import calibrate
 from .models.loading import Loaded, load_model
 from .sweep.objective import Objective
 from .sweep.sweeper import PAPER_RHOS
 
 __all__ = [
     "Edit", "Layout", "Loaded", "METHODS", "Objective", "PAPER_RHOS", "SVDCache", "Target", "UserError",
-    "__version__", "apply_edits", "default_cache", "edited", "get_layout", "load_model", "parse_edit", "plan",
+    "__version__", "apply_edits", "calibrate", "default_cache", "edited", "get_layout", "load_model", "parse_edit", "plan",
     "rank_for", "register_method", "resolve_edits", "search",
 ]

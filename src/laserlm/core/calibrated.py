@@ -134,7 +134,7 @@ def _register(name: str, fn, help: str) -> None:
     METHODS[name] = Method(name, fn, "rank", True, help, top_only=True, needs_stats=True)
 
 
-_register("whiten", whiten, "SVD-LLM: truncation-aware whitening by calibration inputs (needs --calibration data, "
+_register("whiten", whiten, "SVD-LLM: truncation-aware whitening by calibration inputs (needs calibration data, "
                             "default: the shipped text)")
 _register("asvd", asvd, "ASVD: scale input channels by mean |x|^0.5 on calibration inputs, then top-k")
 
@@ -146,7 +146,7 @@ def input_stats(target, edit) -> InputStats:
                         "need each expert's own inputs, which laserlm does not gather; use svd/ on experts")
     stats = getattr(target.module, "laser_input_stats", None)
     if stats is None:
-        raise UserError(f"{edit} needs calibration statistics of {target.name}'s inputs: on the command line they "
-                        "are gathered for you (--calibration); from Python call laserlm.calibrate(model, tokenizer, "
+        raise UserError(f"{edit} needs calibration statistics of {target.name}'s inputs: laser's commands gather "
+                        "them for you; from Python call laserlm.calibrate(model, tokenizer, "
                         "edits) first")
     return stats

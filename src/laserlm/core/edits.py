@@ -13,6 +13,7 @@ from torch import nn
 from .layout import Layout, Target, get_layout, is_matrix_module
 from ..errors import UserError
 from .methods import get_method, Reduced
+from . import calibrated  # noqa: F401 - registers whiten/ and asvd/
 from .ranks import rank_for
 from .svd import SVDCache, default_cache
 

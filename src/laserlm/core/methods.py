@@ -171,4 +171,3 @@ def _clustered(rows: torch.Tensor, amount, clusters) -> Reduced:
         blocks.append((idx, f.left, f.right))
     return Reduced(blocks=blocks, rank=sum(left.shape[1] for _, left, _ in blocks))
 
-from . import calibrated  # noqa: E402,F401 - registers whiten/ and asvd/ (it imports this module)

@@ -58,11 +58,11 @@ def source_text(source: str | None) -> tuple[str, str]:
         try:
             return str(path), path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"--calibration {source} is not UTF-8 text (byte {e.start}): convert it first") from None
+            raise UserError(f"calibration text {source} is not UTF-8 text (byte {e.start}): convert it first") from None
     from .tasks import BUILTINS, load_task
 
     if not path.is_file() and source not in BUILTINS and not source.startswith("lm-eval:"):
-        raise UserError(f"--calibration {source}: no such file or task; give a text file, a task (e.g. "
+        raise UserError(f"calibration source {source!r}: no such file or task; give a text file, a task (e.g. "
                         "bb_wikidata) or leave it out for the shipped text")
     rows = load_task(source, None, "paper", None, None).select("val", 0, None)
     parts = [r.prompt + (r.answers[0] if r.answers else r.choices[r.label] if r.choices else "") for r in rows]
@@ -82,7 +82,7 @@ def calibration_set(tokenizer, source: str | None = None, max_tokens: int | None
     chunks = [([bos] if bos is not None else []) + ids[i:i + step] for i in range(0, len(ids), step)]
     chunks = [c for c in chunks if len(c) >= 16]
     if not chunks:
-        raise UserError(f"--calibration {source}: the text gives fewer than 16 tokens; give a longer one")
+        raise UserError(f"calibration source {source!r}: the text gives fewer than 16 tokens; give a longer one")
     digest = hashlib.blake2b(json.dumps(chunks).encode(), digest_size=16).hexdigest()
     return CalibrationSet(name, chunks, digest)
 

@@ -29,7 +29,7 @@ def _gguf():
     try:
         import gguf
     except ImportError:  # pragma: no cover - a hard dependency
-        raise UserError("--gguf needs the gguf package: pip install gguf") from None
+        raise UserError("writing GGUF needs the gguf package: pip install gguf") from None
     return gguf
 
 
@@ -50,7 +50,7 @@ def gguf_names(reader, hf_names: list[str]) -> dict[str, str]:
     arch = _field(reader, "general.architecture")
     by_name = {v: k for k, v in gguf.MODEL_ARCH_NAMES.items()}
     if arch not in by_name:
-        raise UserError(f"--gguf: the source's architecture {arch!r} is not one gguf {_gguf_version()} knows")
+        raise UserError(f"GGUF out: the source's architecture {arch!r} is not one gguf {_gguf_version()} knows")
     blocks = int(_field(reader, f"{arch}.block_count") or 0)
     table = gguf.get_tensor_name_map(by_name[arch], blocks)
     present = {t.name for t in reader.tensors}
@@ -58,7 +58,7 @@ def gguf_names(reader, hf_names: list[str]) -> dict[str, str]:
     for hf in hf_names:
         name = table.get_name(f"{hf}.weight", try_suffixes=(".weight",))
         if name is None or name not in present:
-            raise UserError(f"--gguf: {hf} has no tensor in the source GGUF (gguf's {arch} name table gives "
+            raise UserError(f"GGUF out: {hf} has no tensor in the source GGUF (gguf's {arch} name table gives "
                             f"{name!r}): write an HF folder with -o instead")
         out[hf] = name
     return out
@@ -82,7 +82,7 @@ def _layout(reader, name: str, original: np.ndarray, stored: np.ndarray):
     errors = [np.linalg.norm(f(original) - stored) / scale for f in candidates]
     best = int(np.argmin(errors))
     if errors[best] > 0.25:
-        raise UserError(f"--gguf: {name} in the source does not match the loaded weight (relative error "
+        raise UserError(f"GGUF out: {name} in the source does not match the loaded weight (relative error "
                         f"{errors[best]:.2f}): is MODEL the GGUF file itself?")
     return candidates[best]
 
@@ -118,7 +118,7 @@ def write_gguf(source: Path, out: Path, edited: dict[str, tuple[torch.Tensor, to
     out x in as laserlm loaded it) replaced. Returns {"changed": {gguf name: type}, "in_place": bool, "notes"}."""
     gguf = _gguf()
     if quant not in QUANTS:
-        raise UserError(f"--quant {quant}: use one of {', '.join(QUANTS)}")
+        raise UserError(f"GGUF type {quant}: use one of {', '.join(QUANTS)}")
     reader = gguf.GGUFReader(str(source))
     names = gguf_names(reader, list(edited))
     tensors = {t.name: t for t in reader.tensors}
