@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
-from .options import (add_edit_args, add_model_args, add_save_dtype, calibrate_from_args, load_from_args, output_dir,
+from .options import (add_edit_args, add_model_args, add_save_dtype, calibrate_from_args, command_line, load_from_args, output_dir,
                       output_file, save_dtype, svd_cache_from_args)
 
 
@@ -48,6 +48,7 @@ def from_run(args) -> None:
     if not edits:
         raise UserError(f"--from {run}: the run evaluated no edit")
     args.edit = [str(Edit.from_json(e)) for e in edits]
+    args.card_figures = run_figures(best)
     run_model = (manifest.get("args") or {}).get("model")
     if args.model is None:
         if run_model is None:
@@ -57,6 +58,20 @@ def from_run(args) -> None:
         args.module_pattern = (manifest.get("args") or {}).get("module_pattern")
     print(f"from {run}: {' '.join(args.edit)} (verdict: {selection.get('verdict') or 'none'}"
           f"{', forced' if selection.get('verdict') != 'edit' else ''})")
+
+
+def run_figures(best: dict) -> list[dict]:
+    """The model card's figures from a search's best.json: val and test of the base and the applied edit."""
+    metric, base, chosen = best.get("metric"), best.get("base") or {}, best.get("best") or {}
+    rows = []
+    for split in ("val", "test"):
+        if isinstance(base.get(split), (int, float)) and isinstance(chosen.get(split), (int, float)):
+            row = {"split": split, "metric": metric, "base": base[split], "edited": chosen[split],
+                   "difference": chosen[split] - base[split]}
+            if split == "test" and chosen.get("test_ci"):
+                row["difference"], row["interval"] = chosen.get("test_diff", row["difference"]), chosen["test_ci"]
+            rows.append(row)
+    return rows
 
 
 def _write_gguf(args, loaded, layout, cache) -> None:
@@ -106,7 +121,8 @@ def run_apply(args) -> int:
     before = sum(p.numel() for p in loaded.model.parameters())
     t0 = time.perf_counter()
     recipe = export(loaded, args.edit, args.output, factorized=args.factorized, layout=layout, svd_cache=cache,
-                    save_dtype=save_dtype(args, loaded))
+                    save_dtype=save_dtype(args, loaded), command=command_line(),
+                    figures=getattr(args, "card_figures", None))
     after = sum(p.numel() for p in loaded.model.parameters())
     out = Path(args.output)
     print(f"applied {len(recipe['edits'])} edits in {time.perf_counter() - t0:.1f} s "

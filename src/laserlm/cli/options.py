@@ -339,3 +339,10 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(title)
     console.print(table)
+
+
+def command_line() -> str:
+    """The command as the user typed it (for model cards and reports)."""
+    import shlex
+
+    return "laser " + shlex.join(sys.argv[1:])

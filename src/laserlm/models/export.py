@@ -13,7 +13,9 @@ from ..core.layout import Layout, get_layout
 from ..core.edits import EditLike, apply_edits, edits_of, plan, write_matrix
 from ..errors import UserError
 from .factorized import FACTORS, RECIPE, dense_entries, factored, replace_module
+from .card import model_card
 from .loading import Loaded, quiet_progress
+from .remote_code import write_remote_code
 from ..core.svd import SVDCache, default_cache
 
 
@@ -26,10 +28,15 @@ def export(
     layout: Layout | None = None,
     svd_cache: SVDCache | None = None,
     save_dtype: torch.dtype | None = None,
+    command: str | None = None,
+    figures: list[dict] | None = None,
+    card_extra: list[str] | None = None,
 ) -> dict:
     """Bake `edits` into `loaded.model` (in place) and save it with laser_recipe.json and a model card. Weights are
     written in `save_dtype`, by default the source checkpoint's own (bf16 in, bf16 out), whatever they were
-    computed in."""
+    computed in. `command`, `figures` (rows of split, metric, base, edited, difference, interval) and
+    `card_extra` (markdown lines) go into the model card. A factorized folder of a transformers architecture gets
+    modeling code (laser_modeling.py, config.json's auto_map), so plain transformers loads it too."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"output folder {out} is not empty: choose a new -o folder or empty it")
@@ -86,7 +93,8 @@ def export(
         "dtype": str(dtype).removeprefix("torch."),
     }
     (out / RECIPE).write_text(json.dumps(recipe, indent=2) + "\n")
-    (out / "README.md").write_text(_model_card(loaded, steps, bool(stored)))
+    remote = write_remote_code(out, model, stored)
+    (out / "README.md").write_text(model_card(loaded, steps, bool(stored), remote, command, figures, card_extra))
     return recipe
 
 
@@ -97,28 +105,3 @@ def _config_dtype(path: Path, dtype: torch.dtype) -> None:
         if key in config or key == "dtype":
             config[key] = str(dtype).removeprefix("torch.")
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def _model_card(loaded: Loaded, steps, factorized: bool) -> str:
-    lines = [
-        "---",
-        "tags: [laser, rank-reduction, laserlm]",
-        "---",
-        f"# {Path(loaded.spec).name if loaded.kind != 'hub' else loaded.spec} with LASER edits",
-        "",
-        f"Made by `laserlm` {__version__} from `{loaded.spec}` by LAyer-SElective Rank reduction "
-        "(Sharma, Ash & Misra, 2023). No training and no data were used.",
-        "",
-        "| edit | module | rank kept |",
-        "|---|---|---|",
-    ]
-    lines += [f"| `{s.edit}` | `{s.target.name}` | {s.k if s.k is not None else '-'} |" for s in steps]
-    lines.append("")
-    if factorized:
-        lines.append(
-            "The reduced matrices are stored as low-rank factors: load this folder with "
-            "`laserlm.load_model(path)` or `laser eval path`; plain transformers cannot read them."
-        )
-    else:
-        lines.append("Load it with `AutoModelForCausalLM.from_pretrained(path)` (or the masked-LM class).")
-    return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ from torch import nn
 from ..core.architectures import head_of
 from ..errors import UserError, first_line
 from .factorized import attach_factors, read_recipe
+from .remote_code import is_laser_remote
 from .identity import file_fingerprint, folder_fingerprint
 from .python import file_digest, is_python_spec, load_attr, module_fingerprint
 from ..core.svd import cache_root
@@ -185,7 +186,9 @@ def _load_folder(folder: Path, dtype: str, device: str, device_map, trust: bool 
     recipe = read_recipe(folder)
     source = source or checkpoint_dtype(config)
     torch_dtype = load_dtype(dtype, "map" if device_map else device, source)
-    model = auto.from_pretrained(folder, dtype=torch_dtype, device_map=device_map or device, trust_remote_code=trust)
+    # A folder laserlm factorized carries modeling code for plain transformers; laserlm reads its factors itself.
+    own = trust and not is_laser_remote(config)
+    model = auto.from_pretrained(folder, dtype=torch_dtype, device_map=device_map or device, trust_remote_code=own)
     if recipe and recipe.get("factorized"):
         model = attach_factors(model, folder, recipe)
     tokenizer = None
