@@ -59,3 +59,32 @@ def write_compress_report(out: Path, summary: dict) -> Path:
     path = out / "compress.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def write_target_report(out: Path, summary: dict) -> Path:
+    """compress.md of `laser compress --target`: the allocations tried on val, and base against the chosen one."""
+    metric, b, c = summary["metric"], summary["base"], summary["compressed"]
+    ci = (f"{c['test_diff']:+.4f} [{c['test_ci'][0]:+.4f}, {c['test_ci'][1]:+.4f}]" if "test_ci" in c else "-")
+    ppl = lambda r: "-" if r.get("heldout_perplexity") is None else f"{r['heldout_perplexity']:.2f}"  # noqa: E731
+    lines = [f"# laser compress --target {summary['target']:g}: {summary['model']} on {summary['task']}", "",
+             f"Matrices in reach: {', '.join(summary['types'])}, layers {summary['layers'][0]}-{summary['layers'][1]}. "
+             f"The LASER edit tried in the allocations: {summary['laser'] or 'none (no single reduction beat the base on val)'}.",
+             "", "| allocation | matrices reduced | parameters | mean calibration loss | val " + metric + " |",
+             "|---|---|---|---|---|"]
+    for cand in summary["candidates"]:
+        mark = " (chosen)" if cand["name"] == summary["chosen"] else ""
+        lines.append(f"| {cand['name']}{mark} | {len(cand['edits'])} | {cand['parameters']:,} | "
+                     f"{cand['calibration_loss']:.4f} | {cand['val'][metric]:.4f} |")
+    lines += ["", "| | parameters | weights (MB) | val " + metric + " | test " + metric + " | held-out perplexity | "
+              "tokens/s (forward, 8 x 128) |", "|---|---|---|---|---|---|---|",
+              f"| base | {b['parameters']:,} | {b['weight_bytes'] / 1e6:.1f} | {b['val'][metric]:.4f} | "
+              f"{b['test'][metric]:.4f} | {ppl(b)} | {b['tokens_per_second']:.0f} |",
+              f"| compressed | {c['parameters']:,} | {c['weight_bytes'] / 1e6:.1f} | {c['val'][metric]:.4f} | "
+              f"{c['test'][metric]:.4f} | {ppl(c)} | {c['tokens_per_second']:.0f} |", "",
+              f"Kept {c['parameters'] / b['parameters']:.3f} of the parameters (target {summary['target']:g}); the "
+              f"folder's weight files take {c['folder_bytes'] / 1e6:.1f} MB. Test change {ci} (95% paired bootstrap "
+              f"interval; test was not used to choose). The reloaded folder scores val {metric} "
+              f"{c['val_reloaded'][metric]:.4f}. Held-out text: {summary['heldout']}.", ""]
+    path = out / "compress.md"
+    path.write_text("\n".join(lines))
+    return path

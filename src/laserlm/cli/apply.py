@@ -121,7 +121,7 @@ def run_apply(args) -> int:
     before = sum(p.numel() for p in loaded.model.parameters())
     t0 = time.perf_counter()
     recipe = export(loaded, args.edit, args.output, factorized=args.factorized, layout=layout, svd_cache=cache,
-                    save_dtype=save_dtype(args, loaded), command=command_line(),
+                    save_dtype=save_dtype(args, loaded), command=command_line(args),
                     figures=getattr(args, "card_figures", None))
     after = sum(p.numel() for p in loaded.model.parameters())
     out = Path(args.output)

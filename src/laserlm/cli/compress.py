@@ -10,14 +10,15 @@ import sys
 from pathlib import Path
 
 from .jobs import add_select_args, add_speed_args, check_speed_args, task_search
-from .options import (add_calibration_args, add_model_args, add_save_dtype, add_svd_args, add_task_args, non_negative_float, output_dir,
+from .options import (add_calibration_args, command_line, add_model_args, add_save_dtype, add_svd_args, add_task_args, non_negative_float, output_dir,
                       positive_int, save_dtype)
 
 EXAMPLE = """laser compress demo -t bb_wikidata --metric top1 --limit 300 -o runs/compress
-laser compress demo -t bb_epistemic --types mlp --layers 15-29 --methods svd,cluster4 --tolerance 0.01 -o runs/c2"""
+laser compress demo -t bb_epistemic --types mlp --layers 15-29 --methods svd,cluster4 --tolerance 0.01 -o runs/c2
+laser compress demo -t bb_wikidata --target 0.8 --methods whiten,svd --layers 20-29 --limit 100 -o runs/c3"""
 
 
-def _export(loaded, stack, folder: Path, layout, cache, dtype=None) -> None:
+def _export(loaded, stack, folder: Path, layout, cache, dtype=None, **card) -> None:
     """The factorized folder of the stack, written beside and renamed into place (a kill never leaves half)."""
     from ..models.export import export
     from ..models.factorized import read_recipe
@@ -27,7 +28,7 @@ def _export(loaded, stack, folder: Path, layout, cache, dtype=None) -> None:
         return
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    export(loaded, stack, tmp, factorized=True, layout=layout, svd_cache=cache, save_dtype=dtype)
+    export(loaded, stack, tmp, factorized=True, layout=layout, svd_cache=cache, save_dtype=dtype, **card)
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
 
@@ -41,7 +42,13 @@ def run_compress(args) -> int:
                                   weight_bytes)
     from ..sweep.job import make_sweeper, paired_test, progress_bar, run_job
 
+    if args.target is not None:
+        from .compress_target import run_target
+
+        return run_target(args)
     check_speed_args(args)
+    args.tolerance = 0.0 if args.tolerance is None else args.tolerance
+    args.types = args.types or "mlp"
     output_dir(args.output)
     out = Path(args.output)
     job, loaded, layout, cache = task_search(args, COMPRESS_RHOS, out / "search")
@@ -58,7 +65,11 @@ def run_compress(args) -> int:
     vocab = getattr(loaded.model.config, "vocab_size", 1000)
     before = {"parameters": parameter_count(loaded.model), "weight_bytes": weight_bytes(loaded.model),
               "tokens_per_second": tokens_per_second(loaded.model, vocab)}
-    _export(loaded, greedy.stack, out / "model", layout, cache, save_dtype(args, loaded))
+    figures = [{"split": "test", "metric": metric, "base": base_test["metrics"][metric],
+                "edited": stack_test["metrics"][metric], **_interval(paired_test(base_test, stack_test, metric)),
+                "rows": job.splits["test"].rows["n"]}]
+    _export(loaded, greedy.stack, out / "model", layout, cache, save_dtype(args, loaded), command=command_line(args),
+            figures=figures)
     reloaded = load_model(str(out / "model"), dtype=args.dtype, device=args.device)
     after = {"parameters": parameter_count(reloaded.model), "weight_bytes": weight_bytes(reloaded.model),
              "folder_bytes": sum(p.stat().st_size for p in (out / "model").iterdir() if p.suffix == ".safetensors"),
@@ -85,6 +96,10 @@ def run_compress(args) -> int:
     return 0
 
 
+def _interval(paired: dict) -> dict:
+    return {"difference": paired.get("test_diff"), "interval": paired.get("test_ci")}
+
+
 def _rescored(job, reloaded):
     """The val rows of the job, prepared for the folder as laserlm loads it."""
     from ..evaluation.evaluate import Prepared
@@ -101,14 +116,21 @@ def register_compress(p):
     add_svd_args(p)
     add_calibration_args(p)
     add_save_dtype(p)
-    p.add_argument("--types", default="mlp", help="matrix types or groups to reduce (default mlp: every MLP matrix)")
+    p.add_argument("--types", help="matrix types or groups to reduce (default mlp: every MLP matrix; with --target "
+                                   "mlp,attn: every matrix of the blocks)")
     p.add_argument("--layers", default="all", metavar="SPEC", help="layers: 20-27, 3,5,9 or all (default all)")
     p.add_argument("--rhos", metavar="R1,R2",
                    help="amounts (default 0.6,0.4,0.2,0.1,0.05,0.01: above ~0.7 the factors are no smaller)")
     p.add_argument("--methods", default="svd", help="methods, e.g. svd,cluster4 (default svd)")
     p.add_argument("--metric", metavar="M", help="the metric to keep (default: the task's primary)")
-    p.add_argument("--tolerance", type=non_negative_float, default=0.0, metavar="T",
+    p.add_argument("--tolerance", type=non_negative_float, metavar="T",
                    help="keep the val metric >= base - T (a loss <= base + T); default 0: never worse than the base")
+    p.add_argument("--target", type=non_negative_float, metavar="F",
+                   help="instead of --tolerance: keep at most F of the parameters (e.g. 0.8), ranks allocated by "
+                        "calibration loss (methods svd, asvd, whiten), the allocation chosen on val")
+    p.add_argument("--heldout", metavar="FILE",
+                   help="with --target: a text for the held-out perplexity of base and compressed (default: the "
+                        "shipped Declaration of Independence)")
     p.add_argument("--test-limit", type=positive_int, metavar="N", help="rows of test to use (default: --limit)")
     add_speed_args(p)
     add_select_args(p, "lcb")

@@ -46,6 +46,7 @@ def build_parser() -> Parser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for model cards
         return args.run(args) or 0
     except UserError as e:
         print(f"laser: error: {e}", file=sys.stderr)

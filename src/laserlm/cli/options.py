@@ -341,8 +341,8 @@ def print_metrics(title: str, metrics: dict[str, float]) -> None:
     console.print(table)
 
 
-def command_line() -> str:
+def command_line(args) -> str:
     """The command as the user typed it (for model cards and reports)."""
     import shlex
 
-    return "laser " + shlex.join(sys.argv[1:])
+    return "laser " + shlex.join(getattr(args, "argv", None) or sys.argv[1:])
