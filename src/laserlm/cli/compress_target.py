@@ -58,7 +58,8 @@ def _candidates(loaded, layout, cache, methods, types, layers, target, laser) ->
                 out.append({"name": f"{method}/{name}" + (f" + {fixed}" if fixed else ""), "method": method,
                             "allocation": name, "laser": str(fixed) if fixed else None,
                             "edits": edits + extra, "parameters": kept,
-                            "calibration_loss": float(sum(c.loss[k] for c, k in zip(rest, ks)) / len(curves))})
+                            "calibration_loss": float(sum(c.loss[k] for c, k in zip(rest, ks)) + sum(
+                                held.loss[rank_for(fixed.amount, held.shape)] for _ in extra)) / len(curves)})
     return out
 
 
