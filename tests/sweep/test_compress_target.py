@@ -65,7 +65,7 @@ def test_an_unreachable_target_is_one_line(tiny_with_tokenizer, tmp_path, capsys
             "--layers", "2", "--types", "mlp_out", "--no-svd-cache", "-o", str(tmp_path / "c")]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "widen --types or --layers" in err[0]
+    assert len(err) == 1 and "reduce more matrix types or layers" in err[0]
     argv[argv.index("--methods") + 1] = "cluster2"
     assert main(argv) == 2
     assert "not cluster2" in capsys.readouterr().err

@@ -4,33 +4,16 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
-from .jobs import add_select_args, add_speed_args, check_speed_args, task_search
+from .jobs import _export, _rescored, add_select_args, add_speed_args, check_speed_args, task_search
 from .options import (add_calibration_args, command_line, add_model_args, add_save_dtype, add_svd_args, add_task_args, non_negative_float, output_dir,
                       positive_int, save_dtype)
 
 EXAMPLE = """laser compress demo -t bb_wikidata --metric top1 --limit 300 -o runs/compress
 laser compress demo -t bb_epistemic --types mlp --layers 15-29 --methods svd,cluster4 --tolerance 0.01 -o runs/c2
 laser compress demo -t bb_wikidata --target 0.8 --methods whiten,svd --layers 20-29 --limit 100 -o runs/c3"""
-
-
-def _export(loaded, stack, folder: Path, layout, cache, dtype=None, **card) -> None:
-    """The factorized folder of the stack, written beside and renamed into place (a kill never leaves half)."""
-    from ..models.export import export
-    from ..models.factorized import read_recipe
-
-    recipe = read_recipe(folder) if folder.is_dir() else None
-    if recipe and recipe["edits"] == [e.to_json() for e in stack]:
-        return
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export(loaded, stack, tmp, factorized=True, layout=layout, svd_cache=cache, save_dtype=dtype, **card)
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
 
 
 def run_compress(args) -> int:
@@ -42,10 +25,6 @@ def run_compress(args) -> int:
                                   weight_bytes)
     from ..sweep.job import make_sweeper, paired_test, progress_bar, run_job
 
-    if args.target is not None:
-        from .compress_target import run_target
-
-        return run_target(args)
     check_speed_args(args)
     args.tolerance = 0.0 if args.tolerance is None else args.tolerance
     args.types = args.types or "mlp"
@@ -98,16 +77,6 @@ def run_compress(args) -> int:
 
 def _interval(paired: dict) -> dict:
     return {"difference": paired.get("test_diff"), "interval": paired.get("test_ci")}
-
-
-def _rescored(job, reloaded):
-    """The val rows of the job, prepared for the folder as laserlm loads it."""
-    from ..evaluation.evaluate import Prepared
-    from ..evaluation.scoring import Scorer
-
-    val = job.splits["val"].scoring
-    return Prepared(Scorer(reloaded.model, reloaded.tokenizer, val.scorer.batch_size, val.scorer.max_tokens),
-                    val.examples, val.metrics, val.gen)
 
 
 def register_compress(p):

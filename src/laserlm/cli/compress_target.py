@@ -91,8 +91,7 @@ def run_target(args) -> int:
     from ..models.loading import load_model
     from ..sweep.compress import parameter_count, tokens_per_second, weight_bytes
     from ..sweep.job import make_sweeper, paired_test, progress_bar, run_job
-    from .compress import _export, _rescored
-    from .jobs import calibration_numerics, task_search
+    from .jobs import _export, _rescored, calibration_numerics, task_search
     from .options import calibrate_from_args, command_line, output_dir, read_text, save_dtype, scorer_for
 
     if args.tolerance is not None:

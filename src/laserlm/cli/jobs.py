@@ -4,6 +4,8 @@ functions."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 from ..errors import UserError
@@ -190,3 +192,28 @@ def task_search(args, default_rhos, run_dir: Path):
                    types=types, layers=layers, amounts=amounts, methods=methods, cache=cache,
                    compose=getattr(args, "compose", False), split_seed=args.split_seed)
     return job, loaded, layout, cache
+
+
+def _export(loaded, stack, folder: Path, layout, cache, dtype=None, **card) -> None:
+    """The factorized folder of the stack, written beside and renamed into place (a kill never leaves half)."""
+    from ..models.export import export
+    from ..models.factorized import read_recipe
+
+    recipe = read_recipe(folder) if folder.is_dir() else None
+    if recipe and recipe["edits"] == [e.to_json() for e in stack]:
+        return
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export(loaded, stack, tmp, factorized=True, layout=layout, svd_cache=cache, save_dtype=dtype, **card)
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+
+
+def _rescored(job, reloaded):
+    """The val rows of the job, prepared for the folder as laserlm loads it."""
+    from ..evaluation.evaluate import Prepared
+    from ..evaluation.scoring import Scorer
+
+    val = job.splits["val"].scoring
+    return Prepared(Scorer(reloaded.model, reloaded.tokenizer, val.scorer.batch_size, val.scorer.max_tokens),
+                    val.examples, val.metrics, val.gen)

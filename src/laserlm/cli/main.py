@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed, for model cards
+        if args.command == "compress" and args.target is not None:
+            from .compress_target import run_target
+
+            args.run = run_target
         return args.run(args) or 0
     except UserError as e:
         print(f"laser: error: {e}", file=sys.stderr)

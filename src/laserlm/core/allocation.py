@@ -84,9 +84,9 @@ def budget_for(total: int, target: float, curves: list[Curve]) -> int:
     least = sum(c.params(1) for c in curves)
     if budget < least:
         removable = reach - least
-        raise UserError(f"--target {target:g} needs {total - int(target * total):,} of the model's {total:,} "
-                        f"parameters removed, but the matrices in reach can give at most {removable:,}: widen "
-                        "--types or --layers, or raise --target")
+        raise UserError(f"keeping {target:g} of the parameters needs {total - int(target * total):,} of the model's "
+                        f"{total:,} removed, but the matrices in reach can give at most {removable:,}: reduce more "
+                        "matrix types or layers, or keep a larger fraction")
     return budget
 
 
@@ -168,5 +168,5 @@ def curve_for(target, edit_type: str, layer: int, method: str, cache) -> Curve:
         loss = loss_curve(w, (w64 * s[None, :]).to(torch.float32), stats.gram, unscale=lambda B: B / s[None, :],
                           cache=cache)
     else:
-        raise UserError(f"--target allocates ranks for svd, asvd and whiten, not {method}: use --tolerance for it")
+        raise UserError(f"ranks are allocated for svd, asvd and whiten, not {method}")
     return Curve(edit_type, layer, tuple(w.shape), loss)
