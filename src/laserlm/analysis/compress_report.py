@@ -31,10 +31,14 @@ def _plot(out: Path, summary: dict) -> None:
     plt.close(fig)
 
 
+def _test_change(c: dict) -> str:
+    return f"{c['test_diff']:+.4f} [{c['test_ci'][0]:+.4f}, {c['test_ci'][1]:+.4f}]" if "test_ci" in c else "-"
+
+
 def write_compress_report(out: Path, summary: dict) -> Path:
     metric, b, c = summary["metric"], summary["base"], summary["compressed"]
     stack = " ".join(f"`{Edit.from_json(e)}`" for e in summary["stack"]) or "(none: no reduction kept the metric)"
-    ci = (f"{c['test_diff']:+.4f} [{c['test_ci'][0]:+.4f}, {c['test_ci'][1]:+.4f}]" if "test_ci" in c else "-")
+    ci = _test_change(c)
     p = f"{c['test_p_mcnemar']:.3g}" if "test_p_mcnemar" in c else "-"
     lines = [f"# laser compress: {summary['model']} on {summary['task']}", "",
              f"Kept: val `{metric}` >= base - {summary['tolerance']:g}. Searched: {', '.join(summary['methods'])} on "
@@ -64,7 +68,7 @@ def write_compress_report(out: Path, summary: dict) -> Path:
 def write_target_report(out: Path, summary: dict) -> Path:
     """compress.md of `laser compress --target`: the allocations tried on val, and base against the chosen one."""
     metric, b, c = summary["metric"], summary["base"], summary["compressed"]
-    ci = (f"{c['test_diff']:+.4f} [{c['test_ci'][0]:+.4f}, {c['test_ci'][1]:+.4f}]" if "test_ci" in c else "-")
+    ci = _test_change(c)
     ppl = lambda r: "-" if r.get("heldout_perplexity") is None else f"{r['heldout_perplexity']:.2f}"  # noqa: E731
     lines = [f"# laser compress --target {summary['target']:g}: {summary['model']} on {summary['task']}", "",
              f"Matrices in reach: {', '.join(summary['types'])}, layers {summary['layers'][0]}-{summary['layers'][1]}. "

@@ -21,8 +21,7 @@ def run_compress(args) -> int:
     from ..analysis.report import write_report
     from ..core.edits import Edit
     from ..models.loading import load_model
-    from ..sweep.compress import (COMPRESS_RHOS, greedy_stack, parameter_count, stack_sweeper, tokens_per_second,
-                                  weight_bytes)
+    from ..sweep.compress import COMPRESS_RHOS, greedy_stack, size_figures, stack_sweeper
     from ..sweep.job import make_sweeper, paired_test, progress_bar, run_job
 
     check_speed_args(args)
@@ -41,18 +40,14 @@ def run_compress(args) -> int:
                           log=lambda m: print(m, file=sys.stderr))
     on_test = make_sweeper(job, "test", "test.jsonl")
     base_test, stack_test = on_test.evaluate([]), on_test.evaluate(greedy.stack)
-    vocab = getattr(loaded.model.config, "vocab_size", 1000)
-    before = {"parameters": parameter_count(loaded.model), "weight_bytes": weight_bytes(loaded.model),
-              "tokens_per_second": tokens_per_second(loaded.model, vocab)}
+    before = size_figures(loaded.model)
     figures = [{"split": "test", "metric": metric, "base": base_test["metrics"][metric],
                 "edited": stack_test["metrics"][metric], **_interval(paired_test(base_test, stack_test, metric)),
                 "rows": job.splits["test"].rows["n"]}]
     _export(loaded, greedy.stack, out / "model", layout, cache, save_dtype(args, loaded), command=command_line(args),
             figures=figures)
     reloaded = load_model(str(out / "model"), dtype=args.dtype, device=args.device)
-    after = {"parameters": parameter_count(reloaded.model), "weight_bytes": weight_bytes(reloaded.model),
-             "folder_bytes": sum(p.stat().st_size for p in (out / "model").iterdir() if p.suffix == ".safetensors"),
-             "tokens_per_second": tokens_per_second(reloaded.model, vocab)}
+    after = size_figures(reloaded.model, out / "model")
     summary = {"model": args.model, "task": args.task, "metric": metric, "tolerance": args.tolerance,
                "methods": job.methods, "types": job.types, "layers": [job.layers[0], job.layers[-1]],
                "amounts": [str(a) for a in job.amounts], "stack": [e.to_json() for e in greedy.stack],

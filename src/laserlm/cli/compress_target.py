@@ -44,22 +44,22 @@ def _candidates(loaded, layout, cache, methods, types, layers, target, laser) ->
         budget = budget_for(total, target, curves)
         for name, allocate in ALLOCATIONS.items():
             for fixed in [None] + ([laser] if laser else []):
-                rest, spend, extra = curves, budget, []
-                if fixed is not None:
+                rest, spend, held_removed, held_loss = curves, budget, 0, 0.0
+                if fixed is not None:  # the LASER edit keeps its rank; the rest is allocated around it
                     rest = [c for c in curves if (c.type, c.layer) != (fixed.type, fixed.layer)]
                     held = next(c for c in curves if (c.type, c.layer) == (fixed.type, fixed.layer))
-                    spend, extra = budget - held.params(rank_for(fixed.amount, held.shape)), [fixed]
+                    k = rank_for(fixed.amount, held.shape)
+                    spend, held_removed, held_loss = budget - held.params(k), held.dense - held.params(k), float(held.loss[k])
                     if spend < sum(c.params(1) for c in rest):
                         continue
                 ks = allocate(rest, spend)
                 edits = [Edit(method, c.type, c.layer, f"k={k}") for c, k in zip(rest, ks) if c.params(k) < c.dense]
-                kept = total - sum(c.dense - c.params(k) for c, k in zip(rest, ks)) - sum(
-                    held.dense - held.params(rank_for(fixed.amount, held.shape)) for _ in extra)
                 out.append({"name": f"{method}/{name}" + (f" + {fixed}" if fixed else ""), "method": method,
                             "allocation": name, "laser": str(fixed) if fixed else None,
-                            "edits": edits + extra, "parameters": kept,
-                            "calibration_loss": float(sum(c.loss[k] for c, k in zip(rest, ks)) + sum(
-                                held.loss[rank_for(fixed.amount, held.shape)] for _ in extra)) / len(curves)})
+                            "edits": edits + ([fixed] if fixed else []),
+                            "parameters": total - held_removed - sum(c.dense - c.params(k) for c, k in zip(rest, ks)),
+                            "calibration_loss": (held_loss + float(sum(c.loss[k] for c, k in zip(rest, ks))))
+                            / len(curves)})
     return out
 
 
@@ -86,10 +86,9 @@ def _laser_edit(on_val, base, metric):
 
 def run_target(args) -> int:
     from ..analysis.compress_report import write_target_report
-    from ..core.layout import get_layout
     from ..evaluation.metrics import rank_key
     from ..models.loading import load_model
-    from ..sweep.compress import parameter_count, tokens_per_second, weight_bytes
+    from ..sweep.compress import size_figures
     from ..sweep.job import make_sweeper, paired_test, progress_bar, run_job
     from .jobs import _export, _rescored, calibration_numerics, task_search
     from .options import calibrate_from_args, command_line, output_dir, read_text, save_dtype, scorer_for
@@ -134,9 +133,7 @@ def run_target(args) -> int:
     scorer = scorer_for(loaded, args)
     text = heldout or _default_heldout()
     ppl_base = _perplexity(scorer, text) if loaded.tokenizer is not None and not scorer.mlm else None
-    vocab = getattr(loaded.model.config, "vocab_size", 1000)
-    before = {"parameters": parameter_count(loaded.model), "weight_bytes": weight_bytes(loaded.model),
-              "tokens_per_second": tokens_per_second(loaded.model, vocab)}
+    before = size_figures(loaded.model)
     figures = [{"split": "val", "metric": metric, "base": base["metrics"][metric], "edited": chosen["val"][metric],
                 "difference": chosen["val"][metric] - base["metrics"][metric], "rows": job.splits["val"].rows["n"]},
                {"split": "test", "metric": metric, "base": base_test["metrics"][metric],
@@ -146,9 +143,7 @@ def run_target(args) -> int:
             figures=figures, card_extra=[f"Size target: at most {args.target:g} of the parameters; chosen on val among "
                                          f"{len(candidates)} allocations: {chosen['name']}."])
     reloaded = load_model(str(out / "model"), dtype=args.dtype, device=args.device)
-    after = {"parameters": parameter_count(reloaded.model), "weight_bytes": weight_bytes(reloaded.model),
-             "folder_bytes": sum(p.stat().st_size for p in (out / "model").iterdir() if p.suffix == ".safetensors"),
-             "tokens_per_second": tokens_per_second(reloaded.model, vocab)}
+    after = size_figures(reloaded.model, out / "model")
     ppl_after = _perplexity(scorer_for(reloaded, args), text) if ppl_base else None
     summary = {"model": args.model, "task": args.task, "metric": metric, "target": args.target, "methods": methods,
                "types": types, "layers": [layers[0], layers[-1]], "laser": str(laser) if laser else None,

@@ -151,22 +151,19 @@ ALLOCATIONS = {"uniform": uniform, "loss": by_loss}
 def curve_for(target, edit_type: str, layer: int, method: str, cache) -> Curve:
     """The Curve of one matrix under `method` (svd, asvd or whiten), from the statistics calibration attached
     to it (svd without them: the plain Frobenius tail)."""
-    from .calibrated import ASVD_ALPHA, SCALE_FLOOR, _whitening_of
+    from .calibrated import asvd_scaled, whitened
 
     w = target.weight.T if target.transposed else target.weight
-    w64 = w.detach().to(torch.float64)
     stats = getattr(target.module, "laser_input_stats", None)
     if method == "svd":
         loss = loss_curve(w, None, None if stats is None else stats.gram, cache=cache)
     elif stats is None:
         raise UserError(f"{method}/ needs calibration statistics of {target.name}'s inputs: calibrate first")
     elif method == "whiten":
-        loss = loss_curve(w, (w64 @ _whitening_of(stats).to(w.device).S).to(torch.float32), None, cache=cache)
+        loss = loss_curve(w, whitened(w, stats)[0], None, cache=cache)
     elif method == "asvd":
-        s = stats.abs_mean.to(device=w.device, dtype=torch.float64)
-        s = s.clamp_min(max(float(s.max()), 1e-30) * SCALE_FLOOR) ** ASVD_ALPHA
-        loss = loss_curve(w, (w64 * s[None, :]).to(torch.float32), stats.gram, unscale=lambda B: B / s[None, :],
-                          cache=cache)
+        scaled, s = asvd_scaled(w, stats)
+        loss = loss_curve(w, scaled, stats.gram, unscale=lambda B: B / s[None, :], cache=cache)
     else:
         raise UserError(f"ranks are allocated for svd, asvd and whiten, not {method}")
     return Curve(edit_type, layer, tuple(w.shape), loss)

@@ -112,10 +112,22 @@ def _top_k(matrix: torch.Tensor, k: int, cache) -> tuple[torch.Tensor, torch.Ten
     return svd.U[:, :k] * root, root[:, None] * svd.Vh[:k]
 
 
+def whitened(weight: torch.Tensor, stats: InputStats) -> tuple[torch.Tensor, Whitening]:
+    """W S in float32 (the matrix whose SVD the whitening truncates; the allocation reads the same one), and S."""
+    wh = _whitening_of(stats).to(weight.device)
+    return (weight.detach().to(torch.float64) @ wh.S).to(torch.float32), wh
+
+
+def asvd_scaled(weight: torch.Tensor, stats: InputStats, alpha: float = ASVD_ALPHA) -> tuple[torch.Tensor, torch.Tensor]:
+    """W diag(s) in float32 and s = mean |x| ** alpha per input channel (float64, dead channels floored)."""
+    s = stats.abs_mean.to(device=weight.device, dtype=torch.float64)
+    s = s.clamp_min(max(float(s.max()), 1e-30) * SCALE_FLOOR) ** alpha
+    return (weight.detach().to(torch.float64) * s[None, :]).to(torch.float32), s
+
+
 def whiten(weight: torch.Tensor, k: int, stats: InputStats, cache) -> Reduced:
     """`weight` is out x in; the factors come back in float32 (the SVD cache's precision)."""
-    wh = _whitening_of(stats).to(weight.device)
-    scaled = (weight.detach().to(torch.float64) @ wh.S).to(torch.float32)
+    scaled, wh = whitened(weight, stats)
     left, right = _top_k(scaled, k, cache)
     right = wh.unwhiten(right).to(torch.float32)
     return Reduced(left=left, right=right, rank=k)
@@ -123,9 +135,7 @@ def whiten(weight: torch.Tensor, k: int, stats: InputStats, cache) -> Reduced:
 
 def asvd(weight: torch.Tensor, k: int, stats: InputStats, cache, alpha: float = ASVD_ALPHA) -> Reduced:
     """`weight` is out x in; scaling by the channels' mean |x| ** alpha, undone in the right factor."""
-    s = stats.abs_mean.to(device=weight.device, dtype=torch.float64)
-    s = s.clamp_min(max(float(s.max()), 1e-30) * SCALE_FLOOR) ** alpha
-    scaled = (weight.detach().to(torch.float64) * s[None, :]).to(torch.float32)
+    scaled, s = asvd_scaled(weight, stats, alpha)
     left, right = _top_k(scaled, k, cache)
     return Reduced(left=left, right=(right.to(torch.float64) / s[None, :]).to(torch.float32), rank=k)
 

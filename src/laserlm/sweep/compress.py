@@ -13,6 +13,7 @@ costing it beside others. Every stack evaluation is stored as it comes (stack.js
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -113,3 +114,12 @@ def parameter_count(model) -> int:
 def weight_bytes(model) -> int:
     tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
     return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def size_figures(model, folder=None) -> dict:
+    """Parameters, weight bytes and forward throughput of `model`; with `folder`, its weight files' bytes."""
+    vocab = getattr(getattr(model, "config", None), "vocab_size", 1000)
+    out = {"parameters": parameter_count(model), "weight_bytes": weight_bytes(model)}
+    if folder is not None:
+        out["folder_bytes"] = sum(p.stat().st_size for p in Path(folder).iterdir() if p.suffix == ".safetensors")
+    return {**out, "tokens_per_second": tokens_per_second(model, vocab)}
