@@ -75,19 +75,31 @@ def run_figures(best: dict) -> list[dict]:
 
 
 def _write_gguf(args, loaded, layout, cache) -> None:
-    """--gguf: the edited matrices into a copy of the source GGUF file (the model itself stays unedited)."""
+    """--gguf: the edited matrices into a copy of the source GGUF file, or (an HF model) a complete GGUF file; the
+    model itself stays unedited."""
     from ..core.edits import plan
-    from ..models.gguf_out import write_gguf
 
     if loaded.gguf is None:
-        raise UserError("--gguf writes a GGUF file from a GGUF source (demo or FILE.gguf); this model is an HF "
-                        "folder or hub id: write it with -o, then convert it with llama.cpp's convert_hf_to_gguf.py")
+        from ..models.gguf_hf import check_writable
+
+        check_writable(loaded.model, loaded.tokenizer)
     t0 = time.perf_counter()
     edited = {}
     for step in plan(loaded.model, args.edit, layout, cache):
         if step.target.index is not None or step.target.transposed:
             raise UserError(f"--gguf: {step.target.name} is not a plain Linear matrix of the GGUF file")
         edited[step.target.name] = (step.target.weight, step.reduce(cache).matrix())
+    if loaded.gguf is None:
+        from ..models.gguf_hf import write_gguf_hf
+
+        report = write_gguf_hf(loaded.model, loaded.tokenizer, Path(args.gguf), {n: e for n, (_, e) in edited.items()},
+                               args.quant, loaded.source_dtype)
+        print(f"wrote {args.gguf}: {report['tensors']} tensors ({report['type']}; {report['edited']} edited; "
+              f"tokenizer {report['tokenizer']}; dense, as llama.cpp has no low-rank layers) in "
+              f"{time.perf_counter() - t0:.1f} s")
+        return
+    from ..models.gguf_out import write_gguf
+
     report = write_gguf(loaded.gguf, Path(args.gguf), edited, args.quant)
     kinds = ", ".join(sorted(set(report["changed"].values())))
     how = "in place: metadata and every other tensor byte-identical" if report["in_place"] else "rewritten"
@@ -144,12 +156,13 @@ def register_apply(p):
     p.add_argument("-o", "--output", metavar="DIR", help="new folder for the edited model (HF format)")
     p.add_argument("--gguf", metavar="OUT.gguf",
                    help="also (or only) write the edited model as a GGUF file for llama.cpp, Ollama and LM Studio, "
-                        "from a GGUF source: metadata and untouched tensors copied byte for byte, the edited tensors "
-                        "requantized, dense")
+                        "dense. From a GGUF source: metadata and untouched tensors copied byte for byte, the edited "
+                        "tensors requantized. From an HF model (llama, mistral, qwen2, qwen3): a complete file, "
+                        "tokenizer included")
     p.add_argument("--quant", default="same", choices=["same", "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0",
                                                        "Q5_1"],
-                   help="type of the edited tensors in --gguf: same (default) as in the source, or the nearest type "
-                        "gguf can quantize (said in the output)")
+                   help="type of the edited tensors in --gguf (of every matrix, from an HF model): same (default) "
+                        "as in the source, or the nearest type gguf can quantize (said in the output)")
     add_save_dtype(p)
     p.add_argument("--factorized", action="store_true",
                    help="store each reduced matrix as two factors (m x k, k x n) where that is smaller; "

@@ -112,6 +112,17 @@ def dequantize(tensor) -> np.ndarray:
                                                                              reversed(tensor.shape)))
 
 
+def temp_beside(out: Path) -> str:
+    """A temporary file next to `out` (so the final rename is atomic) with the permissions a new file gets."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".gguf.tmp")
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return tmp
+
+
 def write_gguf(source: Path, out: Path, edited: dict[str, tuple[torch.Tensor, torch.Tensor]], quant: str = "same",
                log=print) -> dict:
     """Write `out` from the GGUF file `source` with the HF modules in `edited` ({name: (original, edited)}, each
@@ -133,9 +144,7 @@ def write_gguf(source: Path, out: Path, edited: dict[str, tuple[torch.Tensor, to
         new_data[gname] = (quantize(to_file(matrix), kind), kind)
     in_place = all(kind == tensors[n].tensor_type.name and data.nbytes == tensors[n].n_bytes
                    for n, (data, kind) in new_data.items())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".gguf.tmp")
-    os.close(fd)
+    tmp = temp_beside(out)
     try:
         if in_place:
             shutil.copyfile(source, tmp)
