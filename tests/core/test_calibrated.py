@@ -85,6 +85,31 @@ def test_asvd_scales_by_the_mean_absolute_input_and_undoes_it():
     torch.testing.assert_close(got.double(), expect, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name,alpha", [("asvd", 0.5), ("asvd1", 1.0), ("asvd0.25", 0.25)])
+def test_asvd_exponent_in_the_method_name(name, alpha):
+    from laserlm.core.edits import parse_edit
+    from laserlm.core.methods import get_method
+
+    X = _inputs()
+    W = torch.randn(10, 12, dtype=torch.float64)
+    s = X.abs().mean(0) ** alpha
+    U, S, Vh = torch.linalg.svd(W * s[None, :], full_matrices=False)
+    expect = (U[:, :3] @ torch.diag(S[:3]) @ Vh[:3]) / s[None, :]
+    method = get_method(parse_edit(f"{name}/mlp_out:0:0.5").method)
+    assert method.needs_stats
+    got = method.fn(W.float(), 3, _stats(X), SVDCache(disk=None)).matrix()
+    torch.testing.assert_close(got.double(), expect, atol=1e-5, rtol=1e-4)
+
+
+def test_an_asvd_exponent_out_of_range_is_refused():
+    from laserlm.core.methods import get_method
+
+    with pytest.raises(UserError, match="outside"):
+        get_method("asvd5")
+    with pytest.raises(UserError, match="asvdA"):
+        get_method("asvdx")
+
+
 def test_robust_noise_level_and_the_marchenko_pastur_median():
     assert mp_median(1.0) == pytest.approx(0.6528, abs=5e-4)  # Gavish & Donoho (2014), Table: mu_1 = 0.6528
     g = torch.Generator().manual_seed(0)

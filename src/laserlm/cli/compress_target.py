@@ -97,9 +97,11 @@ def run_target(args) -> int:
         raise UserError("give --target F (a size) or --tolerance T (a metric floor), not both")
     if not 0 < args.target < 1:
         raise UserError(f"--target {args.target:g} is outside (0, 1): it is the fraction of parameters kept, e.g. 0.8")
+    from ..core.calibrated import asvd_alpha
+
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if unknown := [m for m in methods if m not in ("svd", "asvd", "whiten")]:
-        raise UserError(f"--target allocates ranks for svd, asvd and whiten, not {', '.join(unknown)}: use "
+    if unknown := [m for m in methods if m not in ("svd", "whiten") and asvd_alpha(m) is None]:
+        raise UserError(f"--target allocates ranks for svd, asvd (asvdA) and whiten, not {', '.join(unknown)}: use "
                         "--tolerance for the others")
     heldout = read_text(args.heldout, "--heldout") if args.heldout else None
     output_dir(args.output)
@@ -127,7 +129,8 @@ def run_target(args) -> int:
         c["val"] = val_sw.evaluate(c["edits"])["metrics"]
         print(f"compress: {c['name']}: {len(c['edits'])} matrices, {c['parameters']:,} parameters, val {metric} "
               f"{c['val'][metric]:.4f}", file=sys.stderr)
-    chosen = max(candidates, key=lambda c: (rank_key(c["val"], metric), -c["parameters"]))
+    # Val's metrics tie first (rank_key); on a full tie the calibration loss (one objective for every method).
+    chosen = max(candidates, key=lambda c: (rank_key(c["val"], metric), -c["calibration_loss"], -c["parameters"]))
     base_test, chosen_test = test_sw.evaluate([]), test_sw.evaluate(chosen["edits"])
     paired = paired_test(base_test, chosen_test, metric)
     scorer = scorer_for(loaded, args)

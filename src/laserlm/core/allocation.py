@@ -151,7 +151,7 @@ ALLOCATIONS = {"uniform": uniform, "loss": by_loss}
 def curve_for(target, edit_type: str, layer: int, method: str, cache) -> Curve:
     """The Curve of one matrix under `method` (svd, asvd or whiten), from the statistics calibration attached
     to it (svd without them: the plain Frobenius tail)."""
-    from .calibrated import asvd_scaled, whitened
+    from .calibrated import asvd_alpha, asvd_scaled, whitened
 
     w = target.weight.T if target.transposed else target.weight
     stats = getattr(target.module, "laser_input_stats", None)
@@ -161,9 +161,9 @@ def curve_for(target, edit_type: str, layer: int, method: str, cache) -> Curve:
         raise UserError(f"{method}/ needs calibration statistics of {target.name}'s inputs: calibrate first")
     elif method == "whiten":
         loss = loss_curve(w, whitened(w, stats)[0], None, cache=cache)
-    elif method == "asvd":
-        scaled, s = asvd_scaled(w, stats)
+    elif (alpha := asvd_alpha(method)) is not None:
+        scaled, s = asvd_scaled(w, stats, alpha)
         loss = loss_curve(w, scaled, stats.gram, unscale=lambda B: B / s[None, :], cache=cache)
     else:
-        raise UserError(f"ranks are allocated for svd, asvd and whiten, not {method}")
+        raise UserError(f"ranks are allocated for svd, asvd (asvdA) and whiten, not {method}")
     return Curve(edit_type, layer, tuple(w.shape), loss)

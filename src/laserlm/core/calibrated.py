@@ -14,14 +14,16 @@ The rank rule is the project's (core.ranks.rank_for), so `whiten/mlp_out:5:0.01`
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
-from .methods import METHODS, Method, Reduced
+from .methods import FAMILIES, METHODS, Method, Reduced
 
 ASVD_ALPHA = 0.5  # ASVD's default exponent of the mean |x| scaling
 EIG_FLOOR = 1e-6  # the non-PD fallback floors eigenvalues at this fraction of the largest
@@ -146,7 +148,28 @@ def _register(name: str, fn, help: str) -> None:
 
 _register("whiten", whiten, "SVD-LLM: truncation-aware whitening by calibration inputs (needs calibration data, "
                             "default: the shipped text)")
-_register("asvd", asvd, "ASVD: scale input channels by mean |x|^0.5 on calibration inputs, then top-k")
+_register("asvd", asvd, "ASVD: scale input channels by mean |x|^0.5 on calibration inputs, then top-k (asvdA: "
+                      "exponent A, e.g. asvd1)")
+_ASVD = re.compile(r"asvd(\d+(?:\.\d+)?)")
+
+
+def asvd_alpha(method: str) -> float | None:
+    """The exponent of an asvd method name (asvd: 0.5, asvd1: 1.0), None for another method."""
+    if method == "asvd":
+        return ASVD_ALPHA
+    m = _ASVD.fullmatch(method)
+    return float(m.group(1)) if m else None
+
+
+def _asvd_with(match, name: str) -> Method:
+    alpha = float(match.group(1))
+    if not 0 < alpha <= 4:
+        raise UserError(f"{name}: the ASVD exponent {alpha:g} is outside (0, 4]; ASVD's own range is 0.1 to 1")
+    return Method(name, partial(asvd, alpha=alpha), "rank", True, f"ASVD with exponent {alpha:g}", top_only=True,
+                  needs_stats=True)
+
+
+FAMILIES.append((_ASVD, _asvd_with))
 
 
 def input_stats(target, edit) -> InputStats:

@@ -60,7 +60,7 @@ def _fmt_amount(amount: Amount) -> str:
     return amount if isinstance(amount, str) else format(amount, "g")
 
 
-_EDIT_RE = re.compile(r"^(?:(?P<method>\w+)/)?(?P<type>[\w.]+(?:@\w+)?):(?P<layers>[\d,\-]+|all)(?::(?P<amount>.+))?$")
+_EDIT_RE = re.compile(r"^(?:(?P<method>[\w.]+)/)?(?P<type>[\w.]+(?:@\w+)?):(?P<layers>[\d,\-]+|all)(?::(?P<amount>.+))?$")
 EDIT_HELP = ("EDIT is [METHOD/]TYPE[@EXPERT]:LAYER:AMOUNT, e.g. mlp_in:27:0.01, mlp_out:20-27:k=8, zero/mlp_out:5, "
              "mlp_in@3:12:0.1 (expert 3 of a mixture)")
 

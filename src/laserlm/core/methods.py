@@ -68,6 +68,8 @@ class Method:
 
 METHODS: dict[str, Method] = {}
 _CLUSTER = re.compile(r"cluster(\d+)")
+# Methods with a number in the name (asvd0.25): (pattern, factory(match, name) -> Method), added by their modules.
+FAMILIES: list[tuple[re.Pattern, Callable]] = []
 
 
 def register_method(name: str, *, amount: str, needs_svd: bool, help: str, top_only: bool = False):
@@ -83,8 +85,12 @@ def get_method(name: str) -> Method:
     if name not in METHODS and (m := _CLUSTER.fullmatch(name)) and int(m.group(1)) >= 1:
         c = int(m.group(1))
         return Method(name, _clustered, "rank", True, f"cluster the rows into {c} groups, top-k of each", clusters=c)
+    for pattern, make in FAMILIES:
+        if name not in METHODS and (m := pattern.fullmatch(name)):
+            return make(m, name)
     if name not in METHODS:
-        raise UserError(f"unknown edit method {name!r}: use one of {', '.join(METHODS)}, or clusterC (C = 2, 4, 8, ...)")
+        raise UserError(f"unknown edit method {name!r}: use one of {', '.join(METHODS)}, clusterC (C = 2, 4, 8, ...) "
+                        "or asvdA (A the exponent, e.g. asvd1)")
     return METHODS[name]
 
 
