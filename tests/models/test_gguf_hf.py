@@ -257,3 +257,20 @@ def test_a_sentencepiece_style_tokenizer_runs_in_llama_cpp(tmp_path):
     assert_same_greedy(out, folder, prompt, hidden=range(3, 259))
     back = load_model(str(out), device="cpu")
     assert back.tokenizer(prompt)["input_ids"] == ids
+
+
+def test_rows_that_do_not_split_into_blocks_fall_back_to_f16_and_say_so(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from transformers import AutoModelForCausalLM
+
+    from laserlm.models.gguf_hf import write_gguf_hf
+
+    config = tiny_config("llama", vocab=VOCAB)
+    config.intermediate_size = 40  # ffn_down's rows are 40 long: no whole Q4_0 blocks of 32
+    said = []
+    report = write_gguf_hf(AutoModelForCausalLM.from_config(config), bpe_tokenizer(), tmp_path / "q4.gguf", {},
+                           "Q4_0", torch.float32, log=said.append)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "q4.gguf")).tensors}
+    assert types["blk.0.ffn_down.weight"] == "F16" and types["blk.0.ffn_up.weight"] == "Q4_0"
+    assert types["output.weight"] == "Q4_0" and types["blk.0.attn_norm.weight"] == "F32"
+    assert len(said) == 2 and "blk.1.ffn_down.weight: rows of 40" in said[1] and len(report["notes"]) == 2

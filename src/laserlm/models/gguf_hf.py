@@ -84,16 +84,42 @@ def _hparams(writer, config, arch: str, gguf) -> np.ndarray | None:
     return None
 
 
-def _tensor_type(name: str, array: np.ndarray, want: str, notes: list) -> str:
+def _tensor_type(name: str, shape: tuple, want: str, notes: list) -> str:
     """Norms, biases and other vectors stay F32, as llama.cpp's converter keeps them; a matrix whose rows do not
     split into the quant's blocks falls back to F16 (said once)."""
-    if array.ndim < 2:
+    if len(shape) < 2:
         return "F32"
-    if want.startswith("Q") and array.shape[-1] % 32:
-        note = f"{name}: rows of {array.shape[-1]} do not split into {want} blocks of 32: written as F16"
+    if want.startswith("Q") and shape[-1] % 32:
+        note = f"{name}: rows of {shape[-1]} do not split into {want} blocks of 32: written as F16"
         notes.append(note)
         return "F16"
     return want
+
+
+def _tensor_plan(model, edited: dict, table, tied: bool, permute: bool) -> list[tuple[str, tuple, object]]:
+    """(GGUF name, shape, a function giving the float32 array as llama.cpp lays it out) for every tensor."""
+    config = model.config
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    plan = []
+    for name, tensor in model.state_dict().items():
+        module = name.rsplit(".", 1)[0]
+        if name == "lm_head.weight" and tied:
+            continue
+        gname = table.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gname is None:
+            raise UserError(f"GGUF out: {name} has no tensor in gguf's name table for {config.model_type} (a "
+                            "factorized or otherwise modified module?): not written")
+        w = edited[module] if module in edited and name.endswith(".weight") else tensor
+        rows = heads if module.endswith("self_attn.q_proj") else kv_heads
+        turn = permute and module.endswith(("self_attn.q_proj", "self_attn.k_proj"))
+
+        def get(w=w, turn=turn, rows=rows):
+            array = w.detach().float().cpu().numpy()
+            return _llama_permute(array, rows) if turn else array
+
+        plan.append((gname, tuple(w.shape), get))
+    return plan
 
 
 def check_writable(model, tokenizer) -> str:
@@ -118,8 +144,6 @@ def write_gguf_hf(model, tokenizer, out: Path, edited: dict[str, torch.Tensor], 
     arch = getattr(gguf.MODEL_ARCH, ARCHS[kind])
     blocks = int(config.num_hidden_layers)
     table = gguf.get_tensor_name_map(arch, blocks)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     tied = bool(getattr(config, "tie_word_embeddings", False))
     tmp = temp_beside(out)
     notes: list[str] = []
@@ -133,27 +157,24 @@ def write_gguf_hf(model, tokenizer, out: Path, edited: dict[str, torch.Tensor], 
             vocab = add_tokenizer(writer, Path(saved), int(config.vocab_size))
         writer.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[want]))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        plan = _tensor_plan(model, edited, table, tied, ARCHS[kind] == "LLAMA")
         if rope_freqs is not None:
-            writer.add_tensor(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_freqs)
-        count = 0
-        for name, tensor in model.state_dict().items():
-            module = name.rsplit(".", 1)[0]
-            if name == "lm_head.weight" and tied:
-                continue
-            gname = table.get_name(name, try_suffixes=(".weight", ".bias"))
-            if gname is None:
-                raise UserError(f"GGUF out: {name} has no tensor in gguf's {gguf.MODEL_ARCH_NAMES[arch]} name table "
-                                "(a factorized or otherwise modified module?): not written")
-            w = (edited[module] if module in edited and name.endswith(".weight") else tensor)
-            array = w.detach().float().cpu().numpy()
-            if ARCHS[kind] == "LLAMA" and module.endswith(("self_attn.q_proj", "self_attn.k_proj")):
-                array = _llama_permute(array, heads if module.endswith("q_proj") else kv_heads)
-            qtype = _tensor_type(gname, array, want, notes)
-            writer.add_tensor(gname, quantize(array, qtype), raw_dtype=gguf.GGMLQuantizationType[qtype])
-            count += 1
+            plan.insert(0, (gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", rope_freqs.shape,
+                            lambda: rope_freqs))
+        # Shapes first, data after, one tensor at a time: memory stays at one converted tensor, not a model's worth.
+        kinds = []
+        for gname, shape, _ in plan:
+            qtype = gguf.GGMLQuantizationType[_tensor_type(gname, shape, want, notes)]
+            byte_shape = gguf.quant_shape_to_byte_shape(shape, qtype) if qtype.name.startswith(("Q", "BF")) else shape
+            dtype = {"F32": np.float32, "F16": np.float16}.get(qtype.name, np.uint8)
+            writer.add_tensor_info(gname, byte_shape, np.dtype(dtype), int(np.prod(byte_shape)) * np.dtype(dtype).itemsize,
+                                   raw_dtype=qtype)
+            kinds.append(qtype.name)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        writer.write_ti_data_to_file()
+        for (_, _, get), kind_name in zip(plan, kinds):
+            writer.write_tensor_data(quantize(get(), kind_name))
         writer.close()
         os.replace(tmp, out)
     finally:
@@ -163,4 +184,4 @@ def write_gguf_hf(model, tokenizer, out: Path, edited: dict[str, torch.Tensor], 
         notes = notes[:3] + [f"... and {len(notes) - 3} more tensors written as F16"]
     for note in notes:
         log(f"laser: {note}")
-    return {"tensors": count, "type": want, "tokenizer": vocab, "edited": len(edited), "notes": notes}
+    return {"tensors": len(plan), "type": want, "tokenizer": vocab, "edited": len(edited), "notes": notes}
