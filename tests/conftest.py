@@ -73,6 +73,22 @@ def optional(module: str):
     return importlib.import_module(module) if IN_CI else pytest.importorskip(module)
 
 
+def llama_cpp(path, requests: list[dict]) -> list[dict]:
+    """A real llama.cpp (xllamacpp's prebuilt wheel) on GGUF file `path`: each request's greedy completion, one
+    thread, no prompt cache."""
+    xlc = optional("xllamacpp")
+    params = xlc.CommonParams()
+    params.model.path = str(path)
+    params.n_ctx = 128
+    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
+    server = xlc.Server(params)
+    try:
+        return [server.handle_completions({"temperature": 0.0, "top_k": 1, "cache_prompt": False, "ignore_eos": True,
+                                           **r}) for r in requests]
+    finally:
+        del server
+
+
 def build_tiny(arch: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = TINY_CONFIGS[arch]()

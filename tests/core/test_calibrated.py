@@ -91,9 +91,10 @@ def test_asvd_exponent_in_the_method_name(name, alpha):
     from laserlm.core.methods import get_method
 
     X = _inputs()
-    W = torch.randn(10, 12, dtype=torch.float64)
+    W = torch.randn(10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     s = X.abs().mean(0) ** alpha
     U, S, Vh = torch.linalg.svd(W * s[None, :], full_matrices=False)
+    assert S[2] > 1.05 * S[3]  # a clear gap: the float32 and float64 truncations keep the same subspace
     expect = (U[:, :3] @ torch.diag(S[:3]) @ Vh[:3]) / s[None, :]
     method = get_method(parse_edit(f"{name}/mlp_out:0:0.5").method)
     assert method.needs_stats
@@ -203,3 +204,26 @@ def test_laser_eval_calibrates_on_a_file_and_says_so(tiny_with_tokenizer, tmp_pa
     assert main(["eval", str(tiny_with_tokenizer), "--device", "cpu", "--text", str(text), "--window", "32", "--stride", "16", "-e",
                  "whiten/mlp:all:0.5", "--calibration", str(tmp_path / "missing.txt")]) == 2
     assert "no such file or task" in capsys.readouterr().err
+
+
+def test_calibrating_on_the_scored_task_leaves_its_scored_val_rows_out():
+    import argparse
+
+    from laserlm.cli.jobs import calibration_skip
+    from laserlm.evaluation.calibration import calibration_identity, source_text
+    from laserlm.evaluation.tasks import load_task
+
+    run = dict(calibration="bb_epistemic", task="bb_epistemic", split="all")
+    assert calibration_skip(argparse.Namespace(**run, limit=50)) == 50
+    assert calibration_skip(argparse.Namespace(**{**run, "task": "bb_wikidata"}, limit=None)) == 0
+    assert calibration_skip(argparse.Namespace(**{**run, "split": "test"}, limit=None)) == 0  # val is not scored
+    with pytest.raises(UserError, match="--limit N"):
+        calibration_skip(argparse.Namespace(**run, limit=None))
+    val = load_task("bb_epistemic", None, "paper", None, None).select("val", 0, None)
+    name, text = source_text("bb_epistemic", 50)
+    assert name == f"bb_epistemic (val rows 51-{len(val)}, past those the run scores)"
+    assert text.startswith(val[50].prompt + val[50].choices[val[50].label] + "\n\n" + val[51].prompt)
+    assert len(text) < len(source_text("bb_epistemic")[1])
+    assert calibration_identity("bb_epistemic", None, 50) != calibration_identity("bb_epistemic", None)
+    with pytest.raises(UserError, match="all among"):
+        source_text("bb_epistemic", len(val))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import optional
+from conftest import llama_cpp, optional
 from tiny_any import tiny_config
 
 FAMILIES = ["llama", "mistral", "qwen2", "qwen3"]
@@ -133,15 +133,7 @@ def test_llama3_rope_scaling_is_written_as_rope_freqs(tmp_path):
 def _llama_cpp_greedy(path, prompt: str, n: int = 10) -> tuple[int, list[int]]:
     """(prompt tokens, greedy continuation ids) as llama.cpp's server gives them, tokenizing the text itself. Ids,
     not text: the two decoders render a lone byte token differently."""
-    xlc = optional("xllamacpp")
-    params = xlc.CommonParams()
-    params.model.path = str(path)
-    params.n_ctx = 128
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
-    server = xlc.Server(params)
-    r = server.handle_completions({"prompt": prompt, "n_predict": n, "temperature": 0.0, "top_k": 1,
-                                   "cache_prompt": False, "ignore_eos": True, "n_probs": 1})
-    del server
+    r = llama_cpp(path, [{"prompt": prompt, "n_predict": n, "n_probs": 1}])[0]
     ids = [c["id"] for c in r["choices"][0]["logprobs"]["content"]]
     assert len(ids) >= n - 2  # the server may hold back the last tokens of an unfinished UTF-8 character
     return r["usage"]["prompt_tokens"], ids

@@ -4,26 +4,14 @@ tokens match transformers' reading of the same file, and differ from the unedite
 import pytest
 import torch
 
-from conftest import needs_demo, optional
+from conftest import llama_cpp, needs_demo
 
 PROMPTS = ["The capital of France is", "Water boils at a temperature of", "The first president of the United States was"]
 NEW = 12
 
 
-def _llama_cpp(path, ids_list):
-    xlc = optional("xllamacpp")
-    params = xlc.CommonParams()
-    params.model.path = str(path)
-    params.n_ctx = 128
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
-    server = xlc.Server(params)
-    out = []
-    for ids in ids_list:
-        r = server.handle_completions({"prompt": ids, "n_predict": NEW, "temperature": 0.0, "top_k": 1,
-                                       "cache_prompt": False, "ignore_eos": True})
-        out.append(r["choices"][0]["text"])
-    del server
-    return out
+def _llama_cpp(path, prompts):
+    return [r["choices"][0]["text"] for r in llama_cpp(path, [{"prompt": p, "n_predict": NEW} for p in prompts])]
 
 
 def _transformers(path, ids_list):
@@ -74,14 +62,6 @@ def test_a_gguf_written_from_an_hf_folder_runs_in_llama_cpp_as_the_folder_does(t
             y = loaded.model.generate(x, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False,
                                       attention_mask=torch.ones_like(x), pad_token_id=0)
             want.append(loaded.tokenizer.decode(y[0, len(ids):]))
-    xlc = optional("xllamacpp")
-    params = xlc.CommonParams()
-    params.model.path = str(out)
-    params.n_ctx = 128
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = 1
-    server = xlc.Server(params)
-    got = [server.handle_completions({"prompt": p, "n_predict": NEW, "temperature": 0.0, "top_k": 1,
-                                      "cache_prompt": False, "ignore_eos": True}) for p in PROMPTS]
-    del server
+    got = llama_cpp(out, [{"prompt": p, "n_predict": NEW} for p in PROMPTS])
     assert [r["usage"]["prompt_tokens"] for r in got] == [len(ids) for ids in ids_list]
     assert [r["choices"][0]["text"] for r in got] == want

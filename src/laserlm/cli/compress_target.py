@@ -90,7 +90,7 @@ def run_target(args) -> int:
     from ..models.loading import load_model
     from ..sweep.compress import size_figures
     from ..sweep.job import make_sweeper, paired_test, progress_bar, run_job
-    from .jobs import _export, _rescored, calibration_numerics, task_search
+    from .jobs import _export, _rescored, calibration_numerics, calibration_skip, task_search
     from .options import calibrate_from_args, command_line, output_dir, read_text, save_dtype, scorer_for
 
     if args.tolerance is not None:
@@ -114,7 +114,7 @@ def run_target(args) -> int:
     _reachable(loaded, layout, types, layers, args.target)  # refused before any calibration or sweep
     mlp = [t for t in layout.expand_type_list("mlp") if t in types]
     job.types = mlp
-    calibrate_from_args(args, loaded, layout, [_stat_edit(t, i) for t in types for i in layers])
+    calibrate_from_args(args, loaded, layout, [_stat_edit(t, i) for t in types for i in layers], calibration_skip(args))
     metric = job.metric
     result = run_job(job, bar=progress_bar("compress: the LASER sweep")) if mlp else {"seconds": 0.0}
     on_val = make_sweeper(job, "val", "results.jsonl")

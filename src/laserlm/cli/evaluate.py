@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from .jobs import calibration_skip
 from .options import (add_edit_args, add_model_args, add_task_args, calibrate_from_args, fit_task, lm_eval_include,
                       load_from_args, select_rows,
                       output_file, positive_int, print_metrics, read_text, scorer_for, svd_cache_from_args,
@@ -38,7 +39,7 @@ def _run_harness(args) -> int:
     if loaded.tokenizer is None:
         raise UserError("this model has no tokenizer: lm-eval needs one next to the weights")
     layout = get_layout(loaded.model, args.module_pattern)
-    calibrate_from_args(args, loaded, layout, args.edit)
+    calibrate_from_args(args, loaded, layout, args.edit, calibration_skip(args) if task else 0)
     steps = plan(loaded.model, args.edit, layout)
 
     def harness():
@@ -110,7 +111,7 @@ def run_eval(args) -> int:
     examples = select_rows(task, args.split, args.split_seed, args.limit, args, loaded.tokenizer) if task else None
     metrics = task_metrics(task, names, loaded, examples) if task else None
     layout = get_layout(loaded.model, args.module_pattern)
-    calibrate_from_args(args, loaded, layout, args.edit)
+    calibrate_from_args(args, loaded, layout, args.edit, calibration_skip(args) if task else 0)
     steps = plan(loaded.model, args.edit, layout)
     scorer = scorer_for(loaded, args)
     t0 = time.perf_counter()

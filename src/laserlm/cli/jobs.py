@@ -135,6 +135,18 @@ def text_job(args, *, loaded, layout, scorer, task, task_arg: str, data: str | N
         select=getattr(args, "select", "lcb"), alpha=getattr(args, "alpha", 0.05))
 
 
+def calibration_skip(args) -> int:
+    """Val rows the calibration leaves out: with --calibration TASK on the task the run scores, the first --limit
+    rows (those it scores), so that val stays unseen; all of them scored (no --limit) is refused."""
+    source, task = getattr(args, "calibration", None), getattr(args, "task", None)
+    if source is None or source != task or getattr(args, "split", None) == "test":
+        return 0
+    if getattr(args, "limit", None) is None:
+        raise UserError(f"calibration on {source}, the task the run scores: give --limit N, and the calibration "
+                        "takes the val rows past the first N (those scored), so val stays unseen")
+    return int(args.limit)
+
+
 def calibration_numerics(args, methods) -> dict:
     """What data-aware candidates' scores depend on (absent otherwise, so earlier runs' keys stay valid)."""
     from ..evaluation.calibration import calibration_identity
@@ -143,7 +155,7 @@ def calibration_numerics(args, methods) -> dict:
     if not needs_calibration(methods=methods):
         return {}
     return {"calibration": calibration_identity(getattr(args, "calibration", None),
-                                                getattr(args, "calibration_tokens", None))}
+                                                getattr(args, "calibration_tokens", None), calibration_skip(args))}
 
 
 def calibrate_grid(args, loaded, layout, methods, types, layers) -> None:
@@ -156,7 +168,7 @@ def calibrate_grid(args, loaded, layout, methods, types, layers) -> None:
             raise UserError("whiten/ and asvd/ candidates run here: drop --backend ray for them")
         data_aware = [m for m in methods if needs_calibration(methods=[m])]
         calibrate_from_args(args, loaded, layout, [Edit(m, t, i, 0.5) for m in data_aware for t in types
-                                                  for i in layers])
+                                                  for i in layers], calibration_skip(args))
 
 
 def task_search(args, default_rhos, run_dir: Path):
@@ -171,6 +183,7 @@ def task_search(args, default_rhos, run_dir: Path):
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     amounts = parse_rhos(args.rhos or ",".join(map(str, default_rhos)), methods)
+    calibration_skip(args)  # a calibration that would see the scored val rows is refused before any work
     task = task_from_args(args)
     metric = args.metric or task.primary or PRIMARY[task.kind]
     choose_metrics(task.kind, [metric], True)  # an unknown or unfit --metric is refused before any work

@@ -133,8 +133,9 @@ def add_edit_args(p: argparse.ArgumentParser, required: bool) -> None:
 def add_calibration_args(p) -> None:
     p.add_argument("--calibration", metavar="TASK|FILE",
                    help="what whiten/ and asvd/ edits learn their inputs' statistics on: a UTF-8 text file, or a task's "
-                        "val rows (default: the shipped calibration text, the Python tutorial and FAQ, ~100k tokens). "
-                        "Gathered in one pass of the unedited model and cached by model, text and dtype")
+                        "val rows (the run's own -t: those past the first --limit, which it scores) (default: the "
+                        "shipped calibration text, the Python tutorial and FAQ, ~100k tokens). Gathered in one pass of "
+                        "the unedited model and cached by model, text and dtype")
     p.add_argument("--calibration-tokens", type=positive_int, metavar="N",
                    help="calibrate on the first N tokens only (default: all of the calibration set)")
 
@@ -147,15 +148,16 @@ def needs_calibration(edits=(), methods=()) -> bool:
     return any(get_method(m).needs_stats for m in names)
 
 
-def calibrate_from_args(args, loaded, layout, edits) -> dict:
-    """Gather (or read from the cache) what the data-aware edits among `edits` need; {} when none is."""
+def calibrate_from_args(args, loaded, layout, edits, skip_rows: int = 0) -> dict:
+    """Gather (or read from the cache) what the data-aware edits among `edits` need; {} when none is. A task's
+    val rows as calibration start after `skip_rows` (jobs.calibration_skip: those the run scores)."""
     from ..evaluation.calibration import calibrate
 
     if not needs_calibration(edits):
         return {}
     return calibrate(loaded.model, loaded.tokenizer, edits, source=getattr(args, "calibration", None),
                      max_tokens=getattr(args, "calibration_tokens", None), layout=layout, identity=loaded.identity,
-                     disk=not getattr(args, "no_svd_cache", False))
+                     disk=not getattr(args, "no_svd_cache", False), skip_rows=skip_rows)
 
 
 def add_svd_args(p: argparse.ArgumentParser) -> None:

@@ -151,15 +151,15 @@ ALLOCATIONS = {"uniform": uniform, "loss": by_loss}
 def curve_for(target, edit_type: str, layer: int, method: str, cache) -> Curve:
     """The Curve of one matrix under `method` (svd, asvd or whiten), from the statistics calibration attached
     to it (svd without them: the plain Frobenius tail)."""
-    from .calibrated import asvd_alpha, asvd_scaled, whitened
+    from .calibrated import asvd_alpha, asvd_scaled, input_stats, whitened
 
     w = target.weight.T if target.transposed else target.weight
     stats = getattr(target.module, "laser_input_stats", None)
     if method == "svd":
         loss = loss_curve(w, None, None if stats is None else stats.gram, cache=cache)
-    elif stats is None:
-        raise UserError(f"{method}/ needs calibration statistics of {target.name}'s inputs: calibrate first")
-    elif method == "whiten":
+        return Curve(edit_type, layer, tuple(w.shape), loss)
+    stats = input_stats(target, f"{method}/{edit_type}:{layer}")  # the refusal names the fix
+    if method == "whiten":
         loss = loss_curve(w, whitened(w, stats)[0], None, cache=cache)
     elif (alpha := asvd_alpha(method)) is not None:
         scaled, s = asvd_scaled(w, stats, alpha)

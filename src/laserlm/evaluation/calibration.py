@@ -48,9 +48,9 @@ def default_text() -> str:
     return (resources.files("laserlm") / "data" / "calibration" / DEFAULT_TEXT).read_text(encoding="utf-8")
 
 
-def source_text(source: str | None) -> tuple[str, str]:
+def source_text(source: str | None, skip_rows: int = 0) -> tuple[str, str]:
     """(name, text) of --calibration: the shipped text (None), a UTF-8 file, or a task's val rows, prompt and
-    first answer (or the right choice) of each."""
+    first answer (or the right choice) of each, after the first `skip_rows` (those a run scores)."""
     if source is None or source == "default":
         return f"default ({DEFAULT_TEXT})", default_text()
     path = Path(source).expanduser()
@@ -65,15 +65,20 @@ def source_text(source: str | None) -> tuple[str, str]:
         raise UserError(f"calibration source {source!r}: no such file or task; give a text file, a task (e.g. "
                         "bb_wikidata) or leave it out for the shipped text")
     rows = load_task(source, None, "paper", None, None).select("val", 0, None)
-    parts = [r.prompt + (r.answers[0] if r.answers else r.choices[r.label] if r.choices else "") for r in rows]
-    return f"{source} (val rows)", "\n\n".join(parts)
+    if skip_rows and len(rows) <= skip_rows:
+        raise UserError(f"calibration on {source}: its {len(rows)} val rows are all among the {skip_rows} the run "
+                        "scores; score fewer, or calibrate on another task or a text")
+    parts = [r.prompt + (r.answers[0] if r.answers else r.choices[r.label] if r.choices else "")
+             for r in rows[skip_rows:]]
+    shown = f"val rows {skip_rows + 1}-{len(rows)}, past those the run scores" if skip_rows else "val rows"
+    return f"{source} ({shown})", "\n\n".join(parts)
 
 
 def calibration_set(tokenizer, source: str | None = None, max_tokens: int | None = None,
-                    seq_len: int = SEQ_LEN) -> CalibrationSet:
+                    seq_len: int = SEQ_LEN, skip_rows: int = 0) -> CalibrationSet:
     """The text in sequences of `seq_len` tokens, each after the tokenizer's BOS where it has one (as the model
     sees a document start); the last, shorter sequence is kept when it has at least 16 tokens."""
-    name, text = source_text(source)
+    name, text = source_text(source, skip_rows)
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
     if max_tokens is not None:
         ids = ids[:max_tokens]
@@ -227,7 +232,7 @@ def _load(path: Path, key: str) -> InputStats | None:
 
 def calibrate(model, tokenizer, edits, *, source: str | None = None, max_tokens: int | None = None,
               layout: Layout | None = None, identity: dict | None = None, disk: bool = True,
-              quiet: bool = False) -> dict[str, InputStats]:
+              quiet: bool = False, skip_rows: int = 0) -> dict[str, InputStats]:
     """Gather (or read from the cache) the input statistics that the data-aware edits among `edits` need, and
     attach them to their modules; returns them by module name. Call it on the unedited model.
 
@@ -238,7 +243,7 @@ def calibrate(model, tokenizer, edits, *, source: str | None = None, max_tokens:
     modules = needed_modules(model, edits, layout)
     if not modules:
         return {}
-    calib = calibration_set(tokenizer, source, max_tokens, seq_len_for(model))
+    calib = calibration_set(tokenizer, source, max_tokens, seq_len_for(model), skip_rows)
     key = _key(identity, model, calib)
     folder = cache_root() / "calibration" / key
     found = {n: _load(folder / f"{n}.safetensors", key) if disk else None for n in modules}
@@ -265,9 +270,9 @@ def calibrate(model, tokenizer, edits, *, source: str | None = None, max_tokens:
     return found
 
 
-def calibration_identity(source: str | None, max_tokens: int | None) -> dict:
+def calibration_identity(source: str | None, max_tokens: int | None, skip_rows: int = 0) -> dict:
     """What a run's results depend on when it uses data-aware methods (result keys and run.json hold it)."""
-    name, text = source_text(source)
+    name, text = source_text(source, skip_rows)
     digest = hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
     return {"calibration": name, "calibration_text": digest, "calibration_tokens": max_tokens,
             "seq_len": SEQ_LEN, "format": FORMAT}
