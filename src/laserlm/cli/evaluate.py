@@ -39,7 +39,7 @@ def _run_harness(args) -> int:
     if loaded.tokenizer is None:
         raise UserError("this model has no tokenizer: lm-eval needs one next to the weights")
     layout = get_layout(loaded.model, args.module_pattern)
-    calibrate_from_args(args, loaded, layout, args.edit, calibration_skip(args) if task else 0)
+    calibrate_from_args(args, loaded, layout, args.edit)
     steps = plan(loaded.model, args.edit, layout)
 
     def harness():
