@@ -9,10 +9,9 @@ from pathlib import Path
 from ..analysis import plots
 from ..errors import UserError
 from .options import (Parser, calibrate_from_args, add_batch_args, add_edit_args, add_model_args, add_svd_args, add_task_args, formatter,
-                      load_from_args, output_dir, output_file, positive_int, read_text, scorer_for, svd_cache_from_args,
-                      task_from_args)
+                      load_from_args, output_dir, output_file, positive_int, scorer_for, svd_cache_from_args,
+                      task_from_args, text_or_shipped, SHIPPED_TEXT)
 
-DEFAULT_TEXT = "declaration_of_independence.txt"
 
 
 def _write(args, table, plot_fn=None) -> None:
@@ -64,14 +63,11 @@ def run_spectrum(args) -> int:
 
 
 def run_perplexity(args) -> int:
-    from importlib import resources
-
     from ..core.layout import get_layout
     from ..core.edits import edited, edits_of, plan
     from ..evaluation.evaluate import perplexity
 
-    text = (read_text(args.text, "--text") if args.text
-            else (resources.files("laserlm") / "data" / DEFAULT_TEXT).read_text(encoding="utf-8"))
+    text = text_or_shipped(args.text, "--text")
     cache = svd_cache_from_args(args)
     loaded = load_from_args(args)
     scorer = scorer_for(loaded, args)
@@ -81,7 +77,7 @@ def run_perplexity(args) -> int:
     before = perplexity(scorer, text, window=args.window, stride=args.stride)
     with edited(loaded.model, edits_of(steps), layout=layout, svd_cache=cache):
         after = perplexity(scorer, text, window=args.window, stride=args.stride)
-    table = {"text": args.text or DEFAULT_TEXT, "tokens": before["tokens"],
+    table = {"text": args.text or SHIPPED_TEXT, "tokens": before["tokens"],
              "edits": [e.to_json() for e in edits_of(steps)],
              "before": before["perplexity"], "after": after["perplexity"],
              "change": after["perplexity"] / before["perplexity"] - 1}
@@ -282,7 +278,7 @@ def _reg_spectrum(q):
 def _reg_perplexity(q):
     add_model_args(q)
     add_edit_args(q, required=True)
-    q.add_argument("--text", metavar="FILE", help=f"text file (default: the bundled {DEFAULT_TEXT})")
+    q.add_argument("--text", metavar="FILE", help=f"text file (default: the bundled {SHIPPED_TEXT})")
     q.add_argument("--window", type=positive_int, default=1024, help="context window in tokens (default 1024)")
     q.add_argument("--stride", type=positive_int, default=512, help="sliding-window stride (default 512)")
     add_batch_args(q)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .jobs import _export, _rescored, add_select_args, add_speed_args, check_speed_args, task_search
+from .jobs import _export, _rescored, add_select_args, add_speed_args, check_speed_args, task_search, test_figure
 from .options import (add_calibration_args, command_line, add_model_args, add_save_dtype, add_svd_args, add_task_args, non_negative_float, output_dir,
                       positive_int, save_dtype)
 
@@ -41,9 +41,7 @@ def run_compress(args) -> int:
     on_test = make_sweeper(job, "test", "test.jsonl")
     base_test, stack_test = on_test.evaluate([]), on_test.evaluate(greedy.stack)
     before = size_figures(loaded.model)
-    figures = [{"split": "test", "metric": metric, "base": base_test["metrics"][metric],
-                "edited": stack_test["metrics"][metric], **_interval(paired_test(base_test, stack_test, metric)),
-                "rows": job.splits["test"].rows["n"]}]
+    figures = [test_figure(job, metric, base_test, stack_test, paired_test(base_test, stack_test, metric))]
     _export(loaded, greedy.stack, out / "model", layout, cache, save_dtype(args, loaded), command=command_line(args),
             figures=figures)
     reloaded = load_model(str(out / "model"), dtype=args.dtype, device=args.device)
@@ -68,10 +66,6 @@ def run_compress(args) -> int:
           f"{c['tokens_per_second']:.0f}")
     print(f"model: {out / 'model'}  report: {report}")
     return 0
-
-
-def _interval(paired: dict) -> dict:
-    return {"difference": paired.get("test_diff"), "interval": paired.get("test_ci")}
 
 
 def register_compress(p):

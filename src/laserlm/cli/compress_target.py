@@ -90,8 +90,9 @@ def run_target(args) -> int:
     from ..models.loading import load_model
     from ..sweep.compress import size_figures
     from ..sweep.job import make_sweeper, paired_test, progress_bar, run_job
-    from .jobs import _export, _rescored, calibration_numerics, calibration_skip, task_search
-    from .options import calibrate_from_args, command_line, output_dir, read_text, save_dtype, scorer_for
+    from .jobs import _export, _rescored, calibration_numerics, calibration_skip, task_search, test_figure
+    from .options import (SHIPPED_TEXT, calibrate_from_args, command_line, output_dir, save_dtype, scorer_for,
+                          text_or_shipped)
 
     if args.tolerance is not None:
         raise UserError("give --target F (a size) or --tolerance T (a metric floor), not both")
@@ -103,7 +104,7 @@ def run_target(args) -> int:
     if unknown := [m for m in methods if m not in ("svd", "whiten") and asvd_alpha(m) is None]:
         raise UserError(f"--target allocates ranks for svd, asvd (asvdA) and whiten, not {', '.join(unknown)}: use "
                         "--tolerance for the others")
-    heldout = read_text(args.heldout, "--heldout") if args.heldout else None
+    text = text_or_shipped(args.heldout, "--heldout")  # a missing file is refused before any work
     output_dir(args.output)
     out = Path(args.output)
     laser_args = argparse.Namespace(**{**vars(args), "methods": "svd", "rhos": args.rhos or ",".join(map(str, LASER_RHOS)),
@@ -134,14 +135,11 @@ def run_target(args) -> int:
     base_test, chosen_test = test_sw.evaluate([]), test_sw.evaluate(chosen["edits"])
     paired = paired_test(base_test, chosen_test, metric)
     scorer = scorer_for(loaded, args)
-    text = heldout or _default_heldout()
     ppl_base = _perplexity(scorer, text) if loaded.tokenizer is not None and not scorer.mlm else None
     before = size_figures(loaded.model)
     figures = [{"split": "val", "metric": metric, "base": base["metrics"][metric], "edited": chosen["val"][metric],
                 "difference": chosen["val"][metric] - base["metrics"][metric], "rows": job.splits["val"].rows["n"]},
-               {"split": "test", "metric": metric, "base": base_test["metrics"][metric],
-                "edited": chosen_test["metrics"][metric], "difference": paired.get("test_diff"),
-                "interval": paired.get("test_ci"), "rows": job.splits["test"].rows["n"]}]
+               test_figure(job, metric, base_test, chosen_test, paired)]
     _export(loaded, chosen["edits"], out / "model", layout, cache, save_dtype(args, loaded), command=command_line(args),
             figures=figures, card_extra=[f"Size target: at most {args.target:g} of the parameters; chosen on val among "
                                          f"{len(candidates)} allocations: {chosen['name']}."])
@@ -153,7 +151,7 @@ def run_target(args) -> int:
                "candidates": [{**{k: v for k, v in c.items() if k != "edits"},
                                "edits": [e.to_json() for e in c["edits"]]} for c in candidates],
                "chosen": chosen["name"], "stack": [e.to_json() for e in chosen["edits"]],
-               "heldout": args.heldout or "declaration_of_independence.txt (shipped)",
+               "heldout": args.heldout or f"{SHIPPED_TEXT} (shipped)",
                "base": {"val": base["metrics"], "test": base_test["metrics"], **before,
                         "heldout_perplexity": ppl_base and ppl_base["perplexity"]},
                "compressed": {"val": chosen["val"], "test": chosen_test["metrics"], **after, **paired,
@@ -189,8 +187,3 @@ def _stat_edit(t, i):
 
     return Edit("whiten", t, i, "k=1")
 
-
-def _default_heldout() -> str:
-    from importlib import resources
-
-    return (resources.files("laserlm") / "data" / "declaration_of_independence.txt").read_text(encoding="utf-8")

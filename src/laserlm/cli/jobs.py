@@ -230,3 +230,9 @@ def _rescored(job, reloaded):
     val = job.splits["val"].scoring
     return Prepared(Scorer(reloaded.model, reloaded.tokenizer, val.scorer.batch_size, val.scorer.max_tokens),
                     val.examples, val.metrics, val.gen)
+
+
+def test_figure(job, metric: str, base: dict, edited: dict, paired: dict) -> dict:
+    """The model card's test row: base and edited on the job's test rows, with the paired difference and interval."""
+    return {"split": "test", "metric": metric, "base": base["metrics"][metric], "edited": edited["metrics"][metric],
+            "difference": paired.get("test_diff"), "interval": paired.get("test_ci"), "rows": job.splits["test"].rows["n"]}

@@ -79,6 +79,18 @@ def read_text(path: str, flag: str) -> str:
         raise UserError(f"{flag} {path} is not UTF-8 text (byte {e.start}): convert it first") from None
 
 
+SHIPPED_TEXT = "declaration_of_independence.txt"  # public domain, in laserlm/data
+
+
+def text_or_shipped(path: str | None, flag: str) -> str:
+    """The text of file `path` (`flag` names it in refusals), or without one the shipped SHIPPED_TEXT."""
+    if path:
+        return read_text(path, flag)
+    from importlib import resources
+
+    return (resources.files("laserlm") / "data" / SHIPPED_TEXT).read_text(encoding="utf-8")
+
+
 def output_dir(path: str | None, flag: str = "-o") -> None:
     from pathlib import Path
 
